@@ -1,0 +1,5 @@
+"""The `lakeloop` command. Heavy modules load inside the commands that need them."""
+
+from lakeloop.cli._app import app, main
+
+__all__ = ["app", "main"]

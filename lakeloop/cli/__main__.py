@@ -1,0 +1,3 @@
+from lakeloop.cli import main
+
+main()

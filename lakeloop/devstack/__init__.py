@@ -1,0 +1,1 @@
+"""The embedded stack: lakeFS-compatible server, OpenBao launcher, Prefect server launcher."""

@@ -1,0 +1,92 @@
+"""Process plumbing for the embedded stack: free ports, health waits, start and stop by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+
+from lakeloop.errors import DevStackError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0,
+               process: subprocess.Popen | None = None, log_file: Path | None = None) -> None:
+    """Poll `check` until it is true; fail with the process's log tail if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise DevStackError(f"{what} exited with code {process.returncode} before it was ready"
+                                f"{_tail(log_file)}")
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.1)
+    raise DevStackError(f"{what} was not ready after {timeout:.0f}s{_tail(log_file)}")
+
+
+def http_ok(url: str, **kwargs) -> Callable[[], bool]:
+    return lambda: httpx.get(url, timeout=2, **kwargs).status_code < 300
+
+
+def _tail(log_file: Path | None, lines: int = 15) -> str:
+    if log_file is None or not log_file.exists():
+        return ""
+    text = log_file.read_text(errors="replace").splitlines()[-lines:]
+    return f"; last lines of {log_file}:\n" + "\n".join(text)
+
+
+def start(cmd: Sequence[str], log_file: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen:
+    """Start a detached process (its own session) writing to log_file."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        return subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop(pid: int, timeout: float = 10.0) -> bool:
+    """Stop the process group led by pid: SIGTERM, then SIGKILL. True if something was stopped."""
+    if not alive(pid):
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                waited, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                waited = 0 if alive(pid) else pid
+            if waited == pid or not alive(pid):
+                return True
+            time.sleep(0.05)
+    return True

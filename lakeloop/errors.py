@@ -1,0 +1,93 @@
+"""The lakeloop exception tree.
+
+    LakeloopError
+    ├── ConfigError            a setting or parameter is missing or invalid
+    ├── DataValidationError    a batch broke the schema (carries the full report)
+    ├── LakeFSError            lakeFS answered with an error or could not be reached
+    │   └── MergeConflictError the destination moved and the same paths changed on both sides
+    ├── SecretsError           Vault could not give us a secret
+    │   ├── VaultUnreachableError
+    │   ├── VaultSealedError
+    │   ├── VaultPermissionError
+    │   └── SecretNotFoundError
+    ├── DevStackError          the embedded stack could not start or stop
+    ├── TrainingError
+    ├── CompressionGateError
+    ├── RegistryError
+    └── DeploymentError
+
+Messages name the bad value, where it was, and what to do. No message ever carries a
+secret value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LakeloopError(Exception):
+    """Base class of every error lakeloop raises on purpose."""
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context = context
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(LakeloopError):
+    """A setting or parameter is missing or invalid."""
+
+
+class DataValidationError(LakeloopError):
+    """A batch of data broke its schema; `report` holds every failure found."""
+
+
+class LakeFSError(LakeloopError):
+    """lakeFS answered with an error, or could not be reached."""
+
+
+class MergeConflictError(LakeFSError):
+    """A merge found the same paths changed on both sides."""
+
+
+class SecretsError(LakeloopError):
+    """Vault could not give us a secret."""
+
+
+class VaultUnreachableError(SecretsError):
+    """No Vault server answered at the configured address."""
+
+
+class VaultSealedError(SecretsError):
+    """The Vault server is sealed."""
+
+
+class VaultPermissionError(SecretsError):
+    """Vault refused the login or the read (policy or credentials)."""
+
+
+class SecretNotFoundError(SecretsError):
+    """The secret path, version or key does not exist."""
+
+
+class DevStackError(LakeloopError):
+    """The embedded stack could not start, answer or stop."""
+
+
+class TrainingError(LakeloopError):
+    """Training failed."""
+
+
+class CompressionGateError(LakeloopError):
+    """No compressed candidate passed the accuracy and parity gates."""
+
+
+class RegistryError(LakeloopError):
+    """The model registry is missing a version, an alias or a valid signature."""
+
+
+class DeploymentError(LakeloopError):
+    """A deployment failed and was rolled back."""

@@ -1,0 +1,83 @@
+"""Shared fixtures: real servers on loopback, started once per test session.
+
+lakeFS: the embedded lakeFS-compatible server, or a real lakeFS when LAKEFS_ENDPOINT,
+LAKEFS_ACCESS_KEY_ID and LAKEFS_SECRET_ACCESS_KEY are set (LAKEFS_NAMESPACE_PREFIX then names
+where its test repositories store data, e.g. s3://bucket/lakeloop-tests).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lakefs
+import pytest
+
+from lakeloop.devstack import _proc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LakeFSEndpoint:
+    endpoint: str
+    access_key_id: str
+    secret_access_key: str
+    namespace_prefix: str
+    embedded: bool
+    data_dir: Path | None = None
+    process: object | None = None
+
+    def client(self) -> lakefs.Client:
+        return lakefs.Client(host=self.endpoint, username=self.access_key_id,
+                             password=self.secret_access_key)
+
+    def new_repo(self, client: lakefs.Client | None = None) -> lakefs.Repository:
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        repo = lakefs.Repository(name, client=client or self.client())
+        return repo.create(storage_namespace=f"{self.namespace_prefix}/{name}", default_branch="main")
+
+
+def start_embedded_lakefs(data_dir: Path, key_id: str, secret: str, port: int | None = None,
+                          env: dict[str, str] | None = None):
+    port = port or _proc.free_port()
+    log = data_dir.parent / f"{data_dir.name}.log"
+    process = _proc.start(
+        [sys.executable, "-m", "lakeloop.cli", "dev", "lakefs", "--port", str(port),
+         "--data-dir", str(data_dir)], log,
+        env={"LAKEFS_ACCESS_KEY_ID": key_id, "LAKEFS_SECRET_ACCESS_KEY": secret, **(env or {})})
+    endpoint = f"http://127.0.0.1:{port}"
+    _proc.wait_until(_proc.http_ok(f"{endpoint}/api/v1/healthcheck"), "embedded lakeFS", 30, process, log)
+    return endpoint, process
+
+
+@pytest.fixture(scope="session")
+def lakefs_server(tmp_path_factory) -> Iterator[LakeFSEndpoint]:
+    if os.environ.get("LAKEFS_ENDPOINT"):
+        yield LakeFSEndpoint(os.environ["LAKEFS_ENDPOINT"].rstrip("/").removesuffix("/api/v1"),
+                             os.environ["LAKEFS_ACCESS_KEY_ID"], os.environ["LAKEFS_SECRET_ACCESS_KEY"],
+                             os.environ.get("LAKEFS_NAMESPACE_PREFIX", "local://lakeloop-tests"), False)
+        return
+    data_dir = tmp_path_factory.mktemp("lakefs") / "data"
+    key_id, secret = "AKIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(24)
+    endpoint, process = start_embedded_lakefs(data_dir, key_id, secret)
+    yield LakeFSEndpoint(endpoint, key_id, secret, "local://lakeloop-tests", True, data_dir, process)
+    _proc.stop(process.pid)
+
+
+@pytest.fixture
+def repo(lakefs_server: LakeFSEndpoint) -> Iterator[lakefs.Repository]:
+    repository = lakefs_server.new_repo()
+    yield repository
+    repository.delete()
+
+
+def embedded_only(server: LakeFSEndpoint) -> None:
+    """For tests of the embedded server's own storage (restart, crash): a real lakeFS has its own."""
+    if not server.embedded:
+        pytest.skip("tests the embedded server's storage; not applicable to a real lakeFS")
