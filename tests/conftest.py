@@ -81,3 +81,51 @@ def embedded_only(server: LakeFSEndpoint) -> None:
     """For tests of the embedded server's own storage (restart, crash): a real lakeFS has its own."""
     if not server.embedded:
         pytest.skip("tests the embedded server's storage; not applicable to a real lakeFS")
+
+
+@dataclass
+class VaultInfo:
+    address: str
+    root_token: str
+    credentials: dict[str, Path]
+    state_dir: Path
+    pid: int
+
+    def approle(self, consumer: str = "pipeline") -> dict[str, str]:
+        path = self.credentials[consumer]
+        return {"auth_method": "approle", "role_id_ref": f"file:{path}#role_id",
+                "secret_id_ref": f"file:{path}#secret_id"}
+
+
+@pytest.fixture(scope="session")
+def vault(tmp_path_factory, lakefs_server) -> Iterator[VaultInfo]:
+    """A real OpenBao dev server, bootstrapped as `lakeloop dev up` does."""
+    from lakeloop.devstack import bao
+
+    state = tmp_path_factory.mktemp("vault")
+    root = secrets.token_hex(16)
+    server = bao.start(state, _proc.free_port(), root)
+    creds = bao.bootstrap(server.address, root, state,
+                          (lakefs_server.access_key_id, lakefs_server.secret_access_key))
+    yield VaultInfo(server.address, root, creds, state, server.process_pid)
+    _proc.stop(server.process_pid)
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One Prefect test harness (a real temporary API server) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def data_blocks(prefect_api, vault, lakefs_server) -> str:
+    """Saves the LakeFSConnection block the flows load by default; returns its name."""
+    from blocks import LakeFSConnection, VaultConnection
+
+    connection = LakeFSConnection(endpoint=lakefs_server.endpoint,
+                                  vault=VaultConnection(address=vault.address, **vault.approle("pipeline")))
+    connection.save("lakeloop-lakefs", overwrite=True)
+    return "lakeloop-lakefs"

@@ -1,0 +1,64 @@
+"""`ingest-data`: write-audit-publish of one batch into the lakeFS data repository."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel
+
+from lakeloop.config import DataConfig
+from lakeloop.data import ValidationReport
+from lakeloop.data._wap import batch_id_of
+from lakeloop.errors import DataValidationError
+from tasks.data import (
+    audit_batch,
+    check_published,
+    load_batch,
+    pseudonymise_batch,
+    publish_batch,
+    quarantine_batch,
+    stage_batch,
+    validate_raw,
+)
+
+
+class IngestResult(BaseModel):
+    batch_id: str
+    commit_id: str
+    rows: int
+    already_published: bool = False
+
+
+@flow(name="ingest-data", log_prints=True)
+def ingest_data(source: str, data: DataConfig | None = None) -> IngestResult:
+    """Validate a parquet/CSV batch, pseudonymise its PII and publish it to lakeFS `main` atomically.
+
+    On any validation failure nothing reaches `main`: the batch and its report are kept on
+    `quarantine-<batch>` and the flow fails with one line saying what was wrong.
+    """
+    data = data or DataConfig()
+    logger = get_run_logger()
+    batch_id = batch_id_of(source)
+    published = check_published(data, batch_id)
+    if published:
+        logger.info("batch %s is already published on %s@%s", batch_id, data.branch, published[:12])
+        return IngestResult(batch_id=batch_id, commit_id=published, rows=0, already_published=True)
+    try:
+        frame = load_batch(source)
+    except DataValidationError as exc:
+        quarantine_batch(data, batch_id, None, source, ValidationReport.unreadable(source, str(exc)))
+        raise
+    report = validate_raw(frame, source)
+    safe = pseudonymise_batch(frame, data)
+    if not report.passed:
+        quarantine_batch(data, batch_id, safe, source, report)
+        raise DataValidationError(report.summary(), batch_id=batch_id)
+    staged = stage_batch(data, batch_id, safe, source, report)
+    audit = audit_batch(data, staged)
+    if not audit.passed:
+        quarantine_batch(data, batch_id, safe, source, audit)
+        raise DataValidationError(audit.summary(), batch_id=batch_id)
+    commit_id = publish_batch(data, staged, source, batch_id)
+    logger.info("published %d rows of batch %s to %s/%s at %s", staged.rows, batch_id, data.repository,
+                data.branch, commit_id[:12])
+    return IngestResult(batch_id=batch_id, commit_id=commit_id, rows=staged.rows)
+

@@ -1,0 +1,1 @@
+"""Prefect tasks: one typed unit of work each, with retries, timeouts and cache keys declared here."""

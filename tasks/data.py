@@ -1,0 +1,129 @@
+"""Data tasks: read, validate, pseudonymise, stage, audit, publish or quarantine, pull."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import task
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+
+from blocks import LakeFSConnection
+from lakeloop.config import DataConfig
+from lakeloop.data import ValidationReport, pseudonymise, read_batch, validate_batch
+from lakeloop.data import _wap as wap
+from lakeloop.errors import DataValidationError, LakeFSError
+from lakeloop.schemas import SCHEMA_VERSION, PublishedTransactionsSchema, RawTransactionsSchema
+from lakeloop.secrets import PII_PATH
+
+LAKEFS_RETRY_DELAYS = [1, 2, 4]
+
+
+def _unreachable(task, task_run, state) -> bool:
+    """Retry only when lakeFS could not be reached; a bad request fails at once."""
+    try:
+        state.result()
+    except LakeFSError as exc:
+        return "unreachable" in str(exc)
+    except Exception:
+        return False
+    return False
+
+
+def _connection(config: DataConfig) -> LakeFSConnection:
+    return LakeFSConnection.load(config.lakefs_block)
+
+
+@task
+def load_batch(source: str) -> pd.DataFrame:
+    """Read a parquet or CSV batch file."""
+    return read_batch(source)
+
+
+@task
+def validate_raw(frame: pd.DataFrame, source: str) -> ValidationReport:
+    """Validate a batch against the raw schema, collecting every failure."""
+    return validate_batch(frame, RawTransactionsSchema, source)
+
+
+@task
+def pseudonymise_batch(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
+    """Replace PII with keyed pseudonyms; the key is read from Vault inside this task."""
+    vault = _connection(config).vault.client()
+    key = vault.read_key(PII_PATH, "key")
+    return pseudonymise(frame, bytes.fromhex(key))
+
+
+def _metadata(source: str, batch_id: str) -> dict[str, str]:
+    return {"source": source, "batch_id": batch_id, "schema_version": SCHEMA_VERSION,
+            "flow_run_id": str(flow_run.get_id() or ""), "pipeline": "lakeloop.ingest-data"}
+
+
+@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable)
+def check_published(config: DataConfig, batch_id: str) -> str | None:
+    """Open (or create) the repository; return the commit if this batch is already published."""
+    conn = _connection(config)
+    client = conn.client()
+    wap.ensure_repository(client, config.repository, config.storage_namespace, config.branch)
+    return wap.already_published(client, config.repository, config.branch,
+                                 wap.data_path(config.prefix, batch_id))
+
+
+@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable)
+def stage_batch(config: DataConfig, batch_id: str, frame: pd.DataFrame, source: str,
+                report: ValidationReport) -> wap.StagedBatch:
+    """Write the batch and its report to `ingest-<batch>` and commit with provenance metadata."""
+    client = _connection(config).client()
+    return wap.stage_batch(client, config.repository, config.branch, batch_id, frame,
+                           wap.data_path(config.prefix, batch_id), _metadata(source, batch_id), report)
+
+
+@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable)
+def audit_batch(config: DataConfig, staged: wap.StagedBatch) -> ValidationReport:
+    """Read the committed batch back from lakeFS and validate it against the published schema."""
+    client = _connection(config).client()
+    frame = wap.read_parquet(client, staged.repository, staged.commit_id, staged.path)
+    report = validate_batch(frame, PublishedTransactionsSchema, f"{staged.branch}@{staged.commit_id[:12]}")
+    if report.passed and len(frame) != staged.rows:
+        raise DataValidationError(f"audit: {staged.path} holds {len(frame)} rows, {staged.rows} were written")
+    return report
+
+
+@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable)
+def publish_batch(config: DataConfig, staged: wap.StagedBatch, source: str, batch_id: str) -> str:
+    """Merge the audited batch into the published branch atomically and announce it."""
+    client = _connection(config).client()
+    commit_id = wap.publish(client, staged, config.branch, _metadata(source, batch_id))
+    emit_event(
+        event="lakeloop.data.published",
+        resource={"prefect.resource.id": f"lakefs.{config.repository}.{config.branch}",
+                  "prefect.resource.name": f"{config.repository}/{config.branch}",
+                  "lakefs.repository": config.repository, "lakefs.branch": config.branch},
+        payload={"commit_id": commit_id, "batch_id": batch_id, "rows": staged.rows, "source": source,
+                 "path": staged.path, "content_sha256": staged.content_sha256},
+    )
+    return commit_id
+
+
+@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable)
+def quarantine_batch(config: DataConfig, batch_id: str, frame: pd.DataFrame | None, source: str,
+                     report: ValidationReport) -> str:
+    """Keep the failed batch (PII pseudonymised) and its report on `quarantine-<batch>`."""
+    client = _connection(config).client()
+    return wap.quarantine(client, config.repository, config.branch, batch_id, frame,
+                          wap.data_path(config.prefix, batch_id), report, _metadata(source, batch_id))
+
+
+@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable)
+def pull(config: DataConfig, ref: str | None = None) -> tuple[str, pd.DataFrame]:
+    """Read the dataset at any ref (branch, tag or commit): returns (commit id, validated frame).
+
+    The ref is resolved to a commit id first and the data is read at that commit, so the frame and
+    the id always match even if the branch moves meanwhile. Later stages pin this commit id.
+    """
+    client = _connection(config).client()
+    commit_id = wap.resolve_commit(client, config.repository, ref or config.branch)
+    frame = wap.read_dataset(client, config.repository, commit_id, config.prefix)
+    report = validate_batch(frame, PublishedTransactionsSchema, f"{config.repository}@{commit_id[:12]}")
+    if not report.passed:
+        raise DataValidationError(report.summary(), commit_id=commit_id)
+    return commit_id, frame
