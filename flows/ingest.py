@@ -45,20 +45,26 @@ def ingest_data(source: str, data: DataConfig | None = None) -> IngestResult:
     try:
         frame = load_batch(source)
     except DataValidationError as exc:
-        quarantine_batch(data, batch_id, None, source, ValidationReport.unreadable(source, str(exc)))
-        raise
+        branch = quarantine_batch(data, batch_id, None, source, ValidationReport.unreadable(source, str(exc)))
+        raise DataValidationError(f"{exc}; report on lakeFS branch {data.repository}/{branch}",
+                                  batch_id=batch_id, branch=branch) from exc
     report = validate_raw(frame, source)
     safe = pseudonymise_batch(frame, data)
     if not report.passed:
-        quarantine_batch(data, batch_id, safe, source, report)
-        raise DataValidationError(report.summary(), batch_id=batch_id)
+        branch = quarantine_batch(data, batch_id, safe, source, report)
+        raise _quarantined(report, data, branch, batch_id)
     staged = stage_batch(data, batch_id, safe, source, report)
     audit = audit_batch(data, staged)
     if not audit.passed:
-        quarantine_batch(data, batch_id, safe, source, audit)
-        raise DataValidationError(audit.summary(), batch_id=batch_id)
+        branch = quarantine_batch(data, batch_id, safe, source, audit)
+        raise _quarantined(audit, data, branch, batch_id)
     commit_id = publish_batch(data, staged, source, batch_id)
     logger.info("published %d rows of batch %s to %s/%s at %s", staged.rows, batch_id, data.repository,
                 data.branch, commit_id[:12])
     return IngestResult(batch_id=batch_id, commit_id=commit_id, rows=staged.rows)
 
+
+def _quarantined(report: ValidationReport, data: DataConfig, branch: str, batch_id: str) -> DataValidationError:
+    return DataValidationError(f"{report.summary()}; report on lakeFS branch {data.repository}/{branch}",
+                               batch_id=batch_id, branch=branch, rows=report.rows,
+                               problems=[f.describe() for f in report.failures])

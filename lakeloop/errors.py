@@ -36,6 +36,13 @@ class LakeloopError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):  # keep the context across pickling (Prefect stores task/flow exceptions)
+        return (_rebuild, (type(self), self.message, self.context))
+
+
+def _rebuild(cls: type[LakeloopError], message: str, context: dict[str, Any]) -> LakeloopError:
+    return cls(message, **context)
+
 
 class ConfigError(LakeloopError):
     """A setting or parameter is missing or invalid."""

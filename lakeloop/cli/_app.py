@@ -1,13 +1,21 @@
-"""`lakeloop` command tree: `dev` (the embedded stack), `data` (sample data, ingest), `demo`."""
+"""`lakeloop` command tree: `dev` (the embedded stack), `data` (sample data, ingest), `demo`.
+
+The CLI is the composition root: commands import flows and blocks lazily, inside the command, so
+the rest of `lakeloop` never imports them and `lakeloop serve` works without Prefect installed.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from lakeloop.errors import LakeloopError
 
@@ -15,11 +23,15 @@ app = typer.Typer(help="lakeloop: the MLOps loop on lakeFS, Prefect, Vault and O
                   no_args_is_help=True, pretty_exceptions_enable=False)
 dev = typer.Typer(help="The embedded stack: Prefect server, OpenBao (Vault) and lakeFS.",
                   no_args_is_help=True)
+data = typer.Typer(help="Sample data and ingestion into lakeFS.", no_args_is_help=True)
 app.add_typer(dev, name="dev")
+app.add_typer(data, name="data")
 console = Console(stderr=True)
+out = Console()
 
 StateDir = Annotated[Path, typer.Option("--state-dir", envvar="LAKELOOP_STATE_DIR",
                                         help="Directory holding all state of the embedded stack.")]
+DEFAULT_STATE = Path(".lakeloop")
 
 
 @dev.command("lakefs")
@@ -42,6 +54,189 @@ def dev_lakefs(
     data_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"lakeFS-compatible server on http://{host}:{port}/api/v1 (data: {data_dir})")
     serve(str(data_dir), port, key_id, secret, host=host)
+
+
+def _register_blocks(services, creds) -> None:
+    from blocks.dev import save_dev_blocks
+
+    save_dev_blocks(services["prefect"].url + "/api", services["lakefs"].url, services["vault"].url,
+                    creds["pipeline"])
+
+
+def _stack_up(state_dir: Path) -> dict:
+    from lakeloop.devstack import stack
+
+    with console.status("starting the embedded stack ..."):
+        services = stack.up(state_dir, log=lambda m: console.print(f"  {m}"), on_ready=_register_blocks)
+    return services
+
+
+@dev.command("up")
+def dev_up(state_dir: StateDir = DEFAULT_STATE) -> None:
+    """Start Prefect (with UI), OpenBao and lakeFS on localhost; state under --state-dir."""
+    _stack_up(state_dir)
+    _print_status(state_dir)
+    console.print(f"Point a shell at it with: [bold]source {state_dir / 'env'}[/]")
+
+
+@dev.command("down")
+def dev_down(state_dir: StateDir = DEFAULT_STATE) -> None:
+    """Stop exactly the processes `dev up` started (by PID)."""
+    from lakeloop.devstack import stack
+
+    stopped = stack.down(state_dir, log=lambda m: console.print(f"  {m}"))
+    console.print(f"stopped {len(stopped)} service(s)")
+
+
+def _print_status(state_dir: Path) -> bool:
+    from lakeloop.devstack import stack
+
+    rows = stack.status(state_dir)
+    table = Table("service", "endpoint", "health", title=f"lakeloop dev stack ({state_dir})")
+    for name, url, healthy in rows:
+        table.add_row(name, url, "[green]healthy[/]" if healthy else "[red]down[/]")
+    out.print(table if rows else "the embedded stack is not running (start it with `lakeloop dev up`)")
+    return bool(rows) and all(h for _, _, h in rows)
+
+
+@dev.command("status")
+def dev_status(state_dir: StateDir = DEFAULT_STATE) -> None:
+    """Print each endpoint and whether it is healthy; exit 1 unless all are."""
+    raise typer.Exit(0 if _print_status(state_dir) else 1)
+
+
+@data.command("generate")
+def data_generate(
+    output: Annotated[Path, typer.Argument(help="File to write (.parquet or .csv).")],
+    rows: Annotated[int, typer.Option(min=1, help="Number of rows.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same rows.")] = 0,
+) -> None:
+    """Write a sample batch of card transactions."""
+    from lakeloop.data.generate import generate_transactions
+
+    if output.suffix not in (".parquet", ".csv"):
+        raise LakeloopError(f"invalid output {output}: expected a .parquet or .csv file name")
+    frame = generate_transactions(rows, seed=seed)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(output) if output.suffix == ".parquet" else frame.to_csv(output, index=False)
+    out.print(f"wrote {rows} rows to {output} (fraud rate {frame['is_fraud'].mean():.2%})")
+
+
+@contextmanager
+def _prefect_api(state_dir: Path, url: str | None = None) -> Iterator[None]:
+    """Run flows against the dev stack's Prefect server, unless PREFECT_API_URL says otherwise."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from lakeloop.devstack import stack
+
+    target = os.environ.get("PREFECT_API_URL") or url or stack.api_url(state_dir)
+    if not os.environ.get("LAKELOOP_DEBUG"):
+        _console_without_tracebacks()
+    with temporary_settings(updates={PREFECT_API_URL: target}):
+        try:
+            yield
+        finally:
+            _drain_prefect()
+
+
+class _NoTraceback(logging.Formatter):
+    """Console lines without tracebacks: the run's logs in Prefect keep them; the CLI says one line."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _console_without_tracebacks() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _NoTraceback):
+                handler.setFormatter(_NoTraceback(handler.formatter or logging.Formatter()))
+
+
+def _drain_prefect() -> None:
+    """Send buffered run logs and events before the server may stop."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        for result in (APILogWorker.instance().drain(), EventsWorker.drain_all()):
+            if inspect.isawaitable(result):
+                await result
+
+    run_coro_as_sync(drain())
+
+
+@data.command("ingest")
+def data_ingest(
+    source: Annotated[Path, typer.Argument(help="Batch file (.parquet or .csv).")],
+    repository: Annotated[str, typer.Option(help="lakeFS data repository.")] = "lakeloop-data",
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Run the ingest-data flow on one batch: published to main, or quarantined with a report."""
+    from flows.ingest import ingest_data
+    from lakeloop.config import DataConfig
+
+    with _prefect_api(state_dir):
+        state = ingest_data(str(source), data=DataConfig(repository=repository), return_state=True)
+    if not state.is_completed():
+        raise LakeloopError(str(state.result(raise_on_failure=False)))
+    result = state.result()
+    out.print(f"published {result.rows} rows (batch {result.batch_id}) at commit {result.commit_id}")
+
+
+@app.command("demo")
+def demo(
+    state_dir: StateDir = DEFAULT_STATE,
+    rows: Annotated[int, typer.Option(min=100, help="Rows in the good sample batch.")] = 20_000,
+    keep_up: Annotated[bool, typer.Option(help="Leave the stack running to explore the Prefect UI.")] = False,
+) -> None:
+    """Start the embedded stack, run the loop as far as it exists, print a summary, stop the stack."""
+    from lakeloop.devstack import stack
+
+    already = bool(stack.running(state_dir))
+    services = _stack_up(state_dir)
+    try:
+        from flows.demo import demo as demo_flow
+
+        with _prefect_api(state_dir, services["prefect"].url + "/api"):
+            outcomes = demo_flow(workdir=str(state_dir / "samples"), rows=rows)
+        table = Table("batch", "result", "where (lakeFS)", "rows", title="lakeloop demo")
+        for column in table.columns:
+            column.overflow = "fold"
+        colour = {"published": "green", "quarantined": "yellow", "failed": "red"}
+        for o in outcomes:
+            result = "published (earlier run)" if o.detail == "already published" else o.status
+            table.add_row(Path(o.source).name, f"[{colour[o.status]}]{result}[/]", o.location,
+                          str(o.rows or "-"))
+        out.print(table)
+        for o in outcomes:
+            if o.status == "quarantined":
+                out.print(f"[{colour[o.status]}]{Path(o.source).name}[/] was quarantined; its problems:")
+                for problem in o.problems:
+                    out.print(f"  - {problem}", highlight=False)
+            elif o.status == "failed":
+                out.print(f"[red]{Path(o.source).name}[/]: {o.detail}", soft_wrap=True)
+        out.print(f"Runs, logs and events: {services['prefect'].url}/runs")
+        if any(o.status == "failed" for o in outcomes):
+            raise LakeloopError("the demo loop failed: see the table above")
+    finally:
+        if not (keep_up or already):
+            stack.down(state_dir, log=lambda m: console.print(f"  {m}"))
 
 
 def main() -> None:

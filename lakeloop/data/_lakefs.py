@@ -27,6 +27,7 @@ def lakefs_client(endpoint: str, vault: VaultClient, path: str, version: int | N
 @contextmanager
 def lakefs_errors(endpoint: str, doing: str) -> Iterator[None]:
     """Map SDK and connection errors to LakeFSError with one clear line."""
+    endpoint = endpoint.rstrip("/").removesuffix("/api/v1")
     try:
         yield
     except (urllib3.exceptions.HTTPError, ConnectionError) as exc:

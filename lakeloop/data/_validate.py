@@ -40,7 +40,8 @@ class Failure:
             return self.examples[0]
         rows = ", ".join(map(str, self.rows)) + (" …" if self.count > len(self.rows) else "")
         examples = ", ".join(self.examples)
-        return (f"column {self.column!r} failed {self.check} in {self.count} row(s) "
+        check = self.check if len(self.check) <= 48 else self.check[:47] + "…])"
+        return (f"column {self.column!r} failed {check} in {self.count} row(s) "
                 f"(rows {rows}; values {examples})")
 
 

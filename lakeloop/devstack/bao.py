@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ path "secret/data/{WEBHOOK_PATH}" {{ capabilities = ["read"] }}
 }
 
 
+_BANNER_SECRETS = "^(Unseal Key|Root Token):"
+
+
 @dataclass
 class BaoServer:
     address: str
@@ -58,17 +62,24 @@ def bao_binary() -> str:
 def start(state_dir: Path, port: int, root_token: str) -> BaoServer:
     """Start `bao server -dev` on 127.0.0.1:port; the root token travels by environment only."""
     log = state_dir / "logs" / "vault.log"
-    process = _proc.start(
-        [bao_binary(), "server", "-dev", "-dev-no-store-token", f"-dev-listen-address=127.0.0.1:{port}"],
-        log, env={"BAO_DEV_ROOT_TOKEN_ID": root_token, "HOME": str(state_dir)})
+    # The dev server prints its root token and unseal key in a start-up banner: those lines are
+    # filtered out before anything reaches the log file.
+    command = (f"exec {shlex.quote(bao_binary())} server -dev -dev-no-store-token "
+               f"-dev-listen-address=127.0.0.1:{port} 2>&1 | grep --line-buffered -vE '{_BANNER_SECRETS}'")
+    process = _proc.start(["/bin/sh", "-c", command], log,
+                          env={"BAO_DEV_ROOT_TOKEN_ID": root_token, "HOME": str(state_dir)})
     address = f"http://127.0.0.1:{port}"
     _proc.wait_until(_proc.http_ok(f"{address}/v1/sys/health"), "OpenBao", 30, process, log)
     return BaoServer(address, process.pid)
 
 
 def bootstrap(address: str, root_token: str, state_dir: Path, lakefs_keys: tuple[str, str],
-              token_ttl: str = "1h") -> dict[str, Path]:
-    """Configure engines, policies, secrets and AppRoles; return each consumer's credentials file."""
+              token_ttl: str = "1h", revoke_root: bool = False) -> dict[str, Path]:
+    """Configure engines, policies, secrets and AppRoles; return each consumer's credentials file.
+
+    With `revoke_root`, the root token is revoked at the end: from then on only the AppRoles,
+    each limited by its policy, can read anything.
+    """
     client = hvac.Client(url=address, token=root_token)
     if "approle/" not in client.sys.list_auth_methods():
         client.sys.enable_auth_method("approle")
@@ -96,4 +107,6 @@ def bootstrap(address: str, root_token: str, state_dir: Path, lakefs_keys: tuple
         with os.fdopen(fd, "w") as fh:
             json.dump({"role_id": role_id, "secret_id": secret_id}, fh)
         files[name] = path
+    if revoke_root:
+        client.auth.token.revoke_self()
     return files

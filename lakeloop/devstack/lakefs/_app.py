@@ -525,7 +525,7 @@ class LakeFSApp:
         allow_empty = bool(body.get("allow_empty") or body.get("force"))
         squash = bool(body.get("squash_merge"))
         try:
-            source_id, dest_head, _ = self.store.prepare_merge(repo, source_ref, destination, strategy,
+            source_id, _, _ = self.store.prepare_merge(repo, source_ref, destination, strategy,
                                                                     allow_empty)
         except StoreError as exc:
             if exc.status == 409:  # the spec's (deprecated) 409 body is a MergeResult
@@ -537,9 +537,10 @@ class LakeFSApp:
             await _actions.run_hooks(hooks, lambda h: _actions.payload(
                 "pre-merge", h, repo, destination, source_ref=source_id, message=message,
                 committer=self.committer, metadata=metadata, merge_source=source_ref), pre=True)
-        commit = self.store.merge(repo, source_ref, destination, message, metadata, self.committer,
-                                  strategy, allow_empty, squash,
-                                  expected=(source_id, dest_head) if hooks else None)
+        # As lakeFS does, the merge itself runs against the destination as it is now: if it moved
+        # while the hooks ran, the three-way merge takes that into account (or reports a conflict).
+        commit = self.store.merge(repo, source_id, destination, message, metadata, self.committer,
+                                  strategy, allow_empty, squash, source_name=source_ref)
         await self._post_hooks("post-merge", repo, destination, commit, source_ref=source_id,
                                merge_source=source_ref)
         return JSONResponse({"reference": commit.id})

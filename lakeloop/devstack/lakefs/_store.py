@@ -546,18 +546,15 @@ class Store:
 
     def merge(self, repo: str, source_ref: str, destination: str, message: str, metadata: dict[str, str],
               committer: str, strategy: str | None = None, allow_empty: bool = False,
-              squash: bool = False, expected: tuple[str, str] | None = None) -> Commit:
-        """Merge and move the destination in one transaction (compare-and-set on its head)."""
+              squash: bool = False, source_name: str | None = None) -> Commit:
+        """Merge and move the destination in one transaction (no other write can interleave)."""
         with self._tx() as db:
             source, dest_head, merged = self.prepare_merge(repo, source_ref, destination, strategy,
                                                            allow_empty)
-            if expected is not None and (source, dest_head) != expected:
-                raise PreconditionFailed(f"branch {destination!r} or the merge source moved during the "
-                                         "merge; retry")
             tree_id = self._store_tree(db, merged)
             parents = [dest_head] if squash else [dest_head, source]
             commit = self._write_commit(db, repo, parents, committer,
-                                        message or f"Merge '{source_ref}' into '{destination}'",
+                                        message or f"Merge '{source_name or source_ref}' into '{destination}'",
                                         tree_id, metadata, int(time.time()))
             db.execute("UPDATE branches SET commit_id=? WHERE repo=? AND name=?",
                        (commit.id, repo, destination))

@@ -1,0 +1,198 @@
+"""`lakeloop dev up | down | status`: the embedded stack on localhost, all state under one directory.
+
+`up` starts a Prefect server (UI, SQLite), a real OpenBao dev server and the embedded lakeFS
+server, bootstraps Vault (policies, secrets, one AppRole per consumer), and saves the Prefect blocks
+the flows load. It records each process's PID and start time in `stack.json`; `down` stops exactly
+those processes and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from lakeloop.devstack import _proc, bao
+from lakeloop.errors import DevStackError
+
+STACK_FILE = "stack.json"
+ENV_FILE = "env"
+DEFAULT_PORTS = {"prefect": 4200, "lakefs": 8000, "vault": 8200}
+
+
+@dataclass
+class Service:
+    name: str
+    url: str
+    health: str
+    pid: int
+    started: float  # process create time, so a recycled PID is never mistaken for ours
+
+    def process_is_ours(self) -> bool:
+        try:
+            return abs(psutil.Process(self.pid).create_time() - self.started) < 1.0
+        except psutil.Error:
+            return False
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(self.health, timeout=2).status_code < 300
+        except httpx.HTTPError:
+            return False
+
+
+def _port(name: str) -> int:
+    """The service's usual port when it is free, else any free port."""
+    preferred = DEFAULT_PORTS[name]
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers themselves bind
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return _proc.free_port()
+
+
+def _service(name: str, url: str, health: str, pid: int) -> Service:
+    return Service(name, url, health, pid, psutil.Process(pid).create_time())
+
+
+def load(state_dir: Path) -> dict[str, Service]:
+    path = state_dir / STACK_FILE
+    if not path.exists():
+        return {}
+    return {name: Service(**svc) for name, svc in json.loads(path.read_text())["services"].items()}
+
+
+def _save(state_dir: Path, services: dict[str, Service]) -> None:
+    path = state_dir / STACK_FILE
+    path.write_text(json.dumps({"services": {n: asdict(s) for n, s in services.items()},
+                                "started_at": time.time()}, indent=2))
+
+
+def running(state_dir: Path) -> dict[str, Service]:
+    """The recorded services whose processes are still ours and alive."""
+    return {n: s for n, s in load(state_dir).items() if s.process_is_ours()}
+
+
+OnReady = Callable[[dict[str, Service], dict[str, Path]], None]
+
+
+def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | None = None
+       ) -> dict[str, Service]:
+    """Start the stack (or report the one already running); returns the services.
+
+    Args:
+        state_dir: where all state lives (databases, blobs, logs, AppRole credentials).
+        log: progress messages go here.
+        on_ready: called with the services and the AppRole credential files once everything is
+            healthy (the CLI registers the Prefect blocks there).
+    """
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    current = running(state_dir)
+    if current and all(s.healthy() for s in current.values()) and len(current) == len(DEFAULT_PORTS):
+        log("the embedded stack is already running")
+        return current
+    if current:
+        down(state_dir, log=lambda *_: None)
+    services: dict[str, Service] = {}
+    try:
+        services["prefect"] = _start_prefect(state_dir)  # slowest to start: first
+        _save(state_dir, services)
+        log(f"starting Prefect server at {services['prefect'].url} ...")
+        key_id, secret = "AKIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
+        services["lakefs"] = _start_lakefs(state_dir, key_id, secret)
+        _save(state_dir, services)
+        log(f"lakeFS-compatible server ready at {services['lakefs'].url}")
+        root_token = secrets.token_urlsafe(24)
+        vault_port = _port("vault")
+        server = bao.start(state_dir, vault_port, root_token)
+        services["vault"] = _service("vault", server.address, f"{server.address}/v1/sys/health",
+                                     server.process_pid)
+        _save(state_dir, services)
+        creds = bao.bootstrap(server.address, root_token, state_dir, (key_id, secret), revoke_root=True)
+        del root_token  # revoked and never written anywhere; consumers hold AppRole credentials only
+        log(f"OpenBao ready at {server.address}: KV v2, AppRole, transit; AppRoles for "
+            f"{', '.join(sorted(creds))} in {state_dir / 'vault'}; root token revoked")
+        prefect = services["prefect"]
+        _proc.wait_until(prefect.healthy, "Prefect server", 120, log_file=state_dir / "logs" / "prefect.log")
+        if on_ready is not None:
+            on_ready(services, creds)
+        _write_env(state_dir, services)
+        log(f"Prefect server ready at {prefect.url} (UI)")
+    except BaseException:
+        down(state_dir, log=lambda *_: None)
+        raise
+    return services
+
+
+def _start_prefect(state_dir: Path) -> Service:
+    port = _port("prefect")
+    home = state_dir / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_API_HOST": "127.0.0.1",
+           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_API_URL": "",
+           "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"}
+    process = _proc.start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                           "--port", str(port)], state_dir / "logs" / "prefect.log", env=env)
+    url = f"http://127.0.0.1:{port}"
+    return _service("prefect", url, f"{url}/api/health", process.pid)
+
+
+def _start_lakefs(state_dir: Path, key_id: str, secret: str) -> Service:
+    port = _port("lakefs")
+    log = state_dir / "logs" / "lakefs.log"
+    process = _proc.start([sys.executable, "-m", "lakeloop.cli", "dev", "lakefs", "--port", str(port),
+                           "--data-dir", str(state_dir / "lakefs")], log,
+                          env={"LAKEFS_ACCESS_KEY_ID": key_id, "LAKEFS_SECRET_ACCESS_KEY": secret})
+    url = f"http://127.0.0.1:{port}"
+    _proc.wait_until(_proc.http_ok(f"{url}/api/v1/healthcheck"), "embedded lakeFS", 30, process, log)
+    return _service("lakefs", url, f"{url}/api/v1/healthcheck", process.pid)
+
+
+def _write_env(state_dir: Path, services: dict[str, Service]) -> None:
+    """`source .lakeloop/env` points a shell (Prefect CLI, flows) at the stack. No secrets in it."""
+    lines = [f"export PREFECT_API_URL={services['prefect'].url}/api",
+             f"export VAULT_ADDR={services['vault'].url}",
+             f"export LAKELOOP_LAKEFS_URL={services['lakefs'].url}"]
+    (state_dir / ENV_FILE).write_text("\n".join(lines) + "\n")
+
+
+def down(state_dir: Path, log: Callable[[str], None] = print) -> list[str]:
+    """Stop exactly the processes `up` recorded (by PID and start time); returns their names."""
+    state_dir = state_dir.resolve()
+    stopped = []
+    for name, service in load(state_dir).items():
+        if service.process_is_ours():
+            _proc.stop(service.pid)
+            stopped.append(name)
+            log(f"stopped {name} (pid {service.pid})")
+        else:
+            log(f"{name} (pid {service.pid}) was not running")
+    for leftover in (state_dir / STACK_FILE, state_dir / ENV_FILE):
+        leftover.unlink(missing_ok=True)
+    return stopped
+
+
+def status(state_dir: Path) -> list[tuple[str, str, bool]]:
+    """(service, endpoint, healthy) for each recorded service."""
+    return [(name, s.url + ("  (UI)" if name == "prefect" else ""), s.process_is_ours() and s.healthy())
+            for name, s in load(state_dir.resolve()).items()]
+
+
+def api_url(state_dir: Path) -> str:
+    services = running(state_dir.resolve())
+    if "prefect" not in services:
+        raise DevStackError(f"the embedded stack is not running (no live services in {state_dir}): "
+                            "start it with `lakeloop dev up`")
+    return services["prefect"].url + "/api"
