@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pandas as pd
@@ -47,16 +46,10 @@ def read_batch(path: str | Path) -> pd.DataFrame:
     kind = detect_format(path)
     try:
         if kind == "parquet":
-            return pq.read_table(path).to_pandas()
+            # self_destruct frees each Arrow column as soon as it is converted: a lower peak
+            return pq.read_table(path).to_pandas(self_destruct=True, split_blocks=True)
         return pd.read_csv(path)
     except (pa.ArrowException, OSError, ValueError, pd.errors.ParserError) as exc:
         detail = str(exc).splitlines()[0][:200]
         raise DataValidationError(f"{path}: cannot read as {kind} ({detail}); re-export the batch and "
                                   "ingest it again", path=str(path)) from exc
-
-
-def to_parquet_bytes(frame: pd.DataFrame) -> bytes:
-    """Serialise a frame to parquet (zstd) in memory."""
-    sink = io.BytesIO()
-    frame.to_parquet(sink, index=False, compression="zstd")
-    return sink.getvalue()

@@ -9,22 +9,37 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import tempfile
 from dataclasses import dataclass
 
 import lakefs
 import pandas as pd
 import pyarrow.parquet as pq
 
-from lakeloop.data._batch import to_parquet_bytes
-from lakeloop.data._lakefs import lakefs_errors
+from lakeloop.data._lakefs import lakefs_errors, upload_stream
 from lakeloop.data._validate import ValidationReport
 from lakeloop.errors import LakeFSError
+
+
+def upload_frame(client: lakefs.Client, repository: str, branch: str, path: str, frame: pd.DataFrame) -> str:
+    """Write the frame as zstd parquet to a temporary file and stream it to lakeFS; returns its sha256.
+
+    Going through a file keeps the parquet bytes out of memory (the frame is the big thing there).
+    """
+    with tempfile.TemporaryFile() as fh:
+        frame.to_parquet(fh, index=False, compression="zstd")
+        fh.seek(0)
+        _, sha = upload_stream(client, repository, branch, path, fh, PARQUET_TYPE, {"rows": str(len(frame))})
+    return sha
 
 
 def report_paths(data_file: str) -> tuple[str, str]:
     """Where a batch's validation report lives: beside its data (markdown and JSON)."""
     folder = data_file.rsplit("/", 1)[0]
     return f"{folder}/validation-report.md", f"{folder}/validation-report.json"
+
+
+PARQUET_TYPE = "application/vnd.apache.parquet"
 
 
 @dataclass(frozen=True)
@@ -70,13 +85,10 @@ def stage_batch(client: lakefs.Client, repository: str, base: str, batch_id: str
     """Create `ingest-<batch>` from base, write the data and its report, commit with metadata."""
     repo = lakefs.Repository(repository, client=client)
     branch_name = f"ingest-{batch_id}"
-    payload = to_parquet_bytes(frame)
-    content_sha = hashlib.sha256(payload).hexdigest()
     with lakefs_errors(client.config.host, f"staging batch {batch_id} on {repository}/{branch_name}"):
         _delete_branch(repo, branch_name)  # a leftover from an interrupted run of this very batch
         branch = repo.branch(branch_name).create(base)
-        branch.object(path).upload(payload, content_type="application/vnd.apache.parquet",
-                                   metadata={"rows": str(len(frame)), "sha256": content_sha})
+        content_sha = upload_frame(client, repository, branch_name, path, frame)
         branch.object(report_paths(path)[0]).upload(report.to_markdown(), content_type="text/markdown")
         commit = branch.commit(f"ingest batch {batch_id}: {len(frame)} rows",
                                metadata={**metadata, "rows": str(len(frame)), "content_sha256": content_sha})
@@ -109,7 +121,7 @@ def quarantine(client: lakefs.Client, repository: str, base: str, batch_id: str,
         _delete_branch(repo, name)
         branch = repo.branch(name).create(base)
         if frame is not None:
-            branch.object(path).upload(to_parquet_bytes(frame), content_type="application/vnd.apache.parquet")
+            upload_frame(client, repository, name, path, frame)
         markdown, as_json = report_paths(path)
         branch.object(markdown).upload(report.to_markdown(), content_type="text/markdown")
         branch.object(as_json).upload(report.to_json(), content_type="application/json")

@@ -576,6 +576,12 @@ class BlobWriter:
         self._hash.update(chunk)
         self.size += len(chunk)
 
+    def write_many(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self._hash.update(chunk)
+            self.size += len(chunk)
+        self._file.writelines(chunks)
+
     def finish(self) -> str:
         """Make the blob durable and visible under its checksum; return the checksum."""
         self._file.flush()
