@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from lakeloop.data import pseudonymise, read_batch, upload_frame, upload_stream, validate_batch  # noqa: E402
 from lakeloop.data.generate import generate_transactions  # noqa: E402
 from lakeloop.devstack import _proc  # noqa: E402
+from lakeloop.devstack.lakefs import start_process  # noqa: E402
 from lakeloop.schemas import CATEGORIES, CHANNELS, COUNTRIES, RawTransactionsSchema  # noqa: E402
 from lakeloop.schemas.transactions import EMAIL_RE, FREE_TEXT_PII_RE  # noqa: E402
 
@@ -80,13 +81,7 @@ def bench_validation(frame: pd.DataFrame, repeat: int) -> dict:
 
 def start_lakefs(workdir: Path) -> tuple[lakefs.Client, object]:
     key_id, secret = "AKIABENCH", secrets.token_urlsafe(16)
-    port = _proc.free_port()
-    log = workdir / "lakefs.log"
-    process = _proc.start([sys.executable, "-m", "lakeloop.cli", "dev", "lakefs", "--port", str(port),
-                           "--data-dir", str(workdir / "lakefs")], log,
-                          env={"LAKEFS_ACCESS_KEY_ID": key_id, "LAKEFS_SECRET_ACCESS_KEY": secret})
-    url = f"http://127.0.0.1:{port}"
-    _proc.wait_until(_proc.http_ok(f"{url}/api/v1/healthcheck"), "embedded lakeFS", 30, process, log)
+    url, process = start_process(workdir / "lakefs", key_id, secret)
     return lakefs.Client(host=url, username=key_id, password=secret), process
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import lakefs
 import pytest
 
 from lakeloop.devstack import _proc
+from lakeloop.devstack.lakefs import start_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,15 +45,7 @@ class LakeFSEndpoint:
 
 def start_embedded_lakefs(data_dir: Path, key_id: str, secret: str, port: int | None = None,
                           env: dict[str, str] | None = None):
-    port = port or _proc.free_port()
-    log = data_dir.parent / f"{data_dir.name}.log"
-    process = _proc.start(
-        [sys.executable, "-m", "lakeloop.cli", "dev", "lakefs", "--port", str(port),
-         "--data-dir", str(data_dir)], log,
-        env={"LAKEFS_ACCESS_KEY_ID": key_id, "LAKEFS_SECRET_ACCESS_KEY": secret, **(env or {})})
-    endpoint = f"http://127.0.0.1:{port}"
-    _proc.wait_until(_proc.http_ok(f"{endpoint}/api/v1/healthcheck"), "embedded lakeFS", 30, process, log)
-    return endpoint, process
+    return start_process(data_dir, key_id, secret, port, env=env)
 
 
 @pytest.fixture(scope="session")

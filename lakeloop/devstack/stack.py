@@ -150,13 +150,10 @@ def _start_prefect(state_dir: Path) -> Service:
 
 
 def _start_lakefs(state_dir: Path, key_id: str, secret: str) -> Service:
-    port = _port("lakefs")
-    log = state_dir / "logs" / "lakefs.log"
-    process = _proc.start([sys.executable, "-m", "lakeloop.cli", "dev", "lakefs", "--port", str(port),
-                           "--data-dir", str(state_dir / "lakefs")], log,
-                          env={"LAKEFS_ACCESS_KEY_ID": key_id, "LAKEFS_SECRET_ACCESS_KEY": secret})
-    url = f"http://127.0.0.1:{port}"
-    _proc.wait_until(_proc.http_ok(f"{url}/api/v1/healthcheck"), "embedded lakeFS", 30, process, log)
+    from lakeloop.devstack.lakefs import start_process
+
+    url, process = start_process(state_dir / "lakefs", key_id, secret, _port("lakefs"),
+                                 state_dir / "logs" / "lakefs.log")
     return _service("lakefs", url, f"{url}/api/v1/healthcheck", process.pid)
 
 

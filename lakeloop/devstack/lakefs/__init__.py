@@ -5,10 +5,14 @@ that the official `lakefs` SDK works against it unchanged. Real lakeFS deploymen
 change: only the endpoint and keys differ.
 """
 
+import subprocess
+import sys
+from pathlib import Path
+
 from lakeloop.devstack.lakefs._app import VERSION, LakeFSApp, create_app
 from lakeloop.devstack.lakefs._store import Store
 
-__all__ = ["VERSION", "LakeFSApp", "Store", "create_app", "serve"]
+__all__ = ["VERSION", "LakeFSApp", "Store", "create_app", "serve", "start_process"]
 
 
 def serve(data_dir: str, port: int, access_key_id: str, secret_access_key: str,
@@ -18,3 +22,22 @@ def serve(data_dir: str, port: int, access_key_id: str, secret_access_key: str,
 
     app = create_app(data_dir, access_key_id, secret_access_key)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def start_process(data_dir: Path, access_key_id: str, secret_access_key: str, port: int | None = None,
+                  log_file: Path | None = None, env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen]:
+    """Start `lakeloop dev lakefs` as a detached process and wait until it is healthy.
+
+    Returns its base URL (without /api/v1) and the process. The keys travel by environment only.
+    """
+    from lakeloop.devstack import _proc
+
+    port = port or _proc.free_port()
+    log_file = log_file or data_dir.parent / f"{data_dir.name}.log"
+    process = _proc.start([sys.executable, "-m", "lakeloop.cli", "dev", "lakefs", "--port", str(port),
+                           "--data-dir", str(data_dir)], log_file,
+                          env={"LAKEFS_ACCESS_KEY_ID": access_key_id, "LAKEFS_SECRET_ACCESS_KEY": secret_access_key,
+                               **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    _proc.wait_until(_proc.http_ok(f"{url}/api/v1/healthcheck"), "embedded lakeFS", 30, process, log_file)
+    return url, process
