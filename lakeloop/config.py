@@ -12,6 +12,11 @@ class DataConfig(BaseModel):
     repository: str = Field("lakeloop-data", description="lakeFS repository of the dataset.")
     branch: str = Field("main", description="Published branch: only validated data is merged here.")
     prefix: str = Field("transactions", description="Path prefix of the dataset's parquet parts.")
-    storage_namespace: str = Field("local://lakeloop/data",
-                                   description="Storage namespace used if the repository must be created.")
+    storage_namespace: str | None = Field(
+        None, description="Storage namespace used if the repository must be created "
+                          "(default local://lakeloop/<repository>; e.g. s3://bucket/path on a real lakeFS).")
     lakefs_block: str = Field("lakeloop-lakefs", description="Name of the LakeFSConnection block to use.")
+
+    def namespace(self) -> str:
+        """The storage namespace to create the repository with."""
+        return self.storage_namespace or f"local://lakeloop/{self.repository}"

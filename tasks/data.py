@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
@@ -33,19 +34,23 @@ def _connection(config: DataConfig) -> LakeFSConnection:
     return LakeFSConnection.load(config.lakefs_block)
 
 
-@task
+# Every task here has side effects or takes a whole frame: nothing is cached (hashing a frame for a
+# cache key costs about as much as validating it), and a re-run always does the work again.
+
+
+@task(cache_policy=NO_CACHE)
 def load_batch(source: str) -> pd.DataFrame:
     """Read a parquet or CSV batch file."""
     return read_batch(source)
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def validate_raw(frame: pd.DataFrame, source: str) -> ValidationReport:
     """Validate a batch against the raw schema, collecting every failure."""
     return validate_batch(frame, RawTransactionsSchema, source)
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def pseudonymise_batch(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
     """Replace PII with keyed pseudonyms; the key is read from Vault inside this task."""
     vault = _connection(config).vault.client()
@@ -58,17 +63,17 @@ def _metadata(source: str, batch_id: str) -> dict[str, str]:
             "flow_run_id": str(flow_run.get_id() or ""), "pipeline": "lakeloop.ingest-data"}
 
 
-@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable)
+@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
 def check_published(config: DataConfig, batch_id: str) -> str | None:
     """Open (or create) the repository; return the commit if this batch is already published."""
     conn = _connection(config)
     client = conn.client()
-    wap.ensure_repository(client, config.repository, config.storage_namespace, config.branch)
+    wap.ensure_repository(client, config.repository, config.namespace(), config.branch)
     return wap.already_published(client, config.repository, config.branch,
                                  wap.data_path(config.prefix, batch_id))
 
 
-@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable)
+@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
 def stage_batch(config: DataConfig, batch_id: str, frame: pd.DataFrame, source: str,
                 report: ValidationReport) -> wap.StagedBatch:
     """Write the batch and its report to `ingest-<batch>` and commit with provenance metadata."""
@@ -77,7 +82,7 @@ def stage_batch(config: DataConfig, batch_id: str, frame: pd.DataFrame, source: 
                            wap.data_path(config.prefix, batch_id), _metadata(source, batch_id), report)
 
 
-@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable)
+@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
 def audit_batch(config: DataConfig, staged: wap.StagedBatch) -> ValidationReport:
     """Read the committed batch back from lakeFS and validate it against the published schema."""
     client = _connection(config).client()
@@ -88,7 +93,7 @@ def audit_batch(config: DataConfig, staged: wap.StagedBatch) -> ValidationReport
     return report
 
 
-@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable)
+@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
 def publish_batch(config: DataConfig, staged: wap.StagedBatch, source: str, batch_id: str) -> str:
     """Merge the audited batch into the published branch atomically and announce it."""
     client = _connection(config).client()
@@ -104,7 +109,7 @@ def publish_batch(config: DataConfig, staged: wap.StagedBatch, source: str, batc
     return commit_id
 
 
-@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable)
+@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
 def quarantine_batch(config: DataConfig, batch_id: str, frame: pd.DataFrame | None, source: str,
                      report: ValidationReport) -> str:
     """Keep the failed batch (PII pseudonymised) and its report on `quarantine-<batch>`."""
@@ -113,7 +118,7 @@ def quarantine_batch(config: DataConfig, batch_id: str, frame: pd.DataFrame | No
                           wap.data_path(config.prefix, batch_id), report, _metadata(source, batch_id))
 
 
-@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable)
+@task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
 def pull(config: DataConfig, ref: str | None = None) -> tuple[str, pd.DataFrame]:
     """Read the dataset at any ref (branch, tag or commit): returns (commit id, validated frame).
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -179,11 +178,12 @@ def _failures(cases: pd.DataFrame) -> list[Failure]:
 
 
 def pseudonym(value: str, key: bytes) -> str:
-    return "pii_" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
+    """Keyed BLAKE2b (a PRF, like HMAC, at a quarter of HMAC-SHA256's cost per short value)."""
+    return "pii_" + hashlib.blake2b(value.encode(), key=key[:64], digest_size=16).hexdigest()
 
 
 def pseudonymise(frame: pd.DataFrame, key: bytes) -> pd.DataFrame:
-    """Replace PII columns with keyed pseudonyms and redact PII found in free text.
+    """Replace PII columns with keyed pseudonyms (keyed BLAKE2b) and redact PII found in free text.
 
     The same value under the same key always gives the same pseudonym, so joins and per-customer
     features still work; without the key (in Vault) the raw value cannot be recovered.
@@ -192,7 +192,9 @@ def pseudonymise(frame: pd.DataFrame, key: bytes) -> pd.DataFrame:
     for column in PII_COLUMNS:
         if column in out:
             # hash each distinct value once; build the column as an Arrow string array (no Python objects)
-            values = pyarrow.chunked_array([pyarrow.array(out[column].astype("str").array)]).combine_chunks()
+            values = pyarrow.array(out[column].astype("str").array)
+            if isinstance(values, pyarrow.ChunkedArray):
+                values = values.combine_chunks()
             encoded = pc.dictionary_encode(values)
             hashed = pyarrow.array([pseudonym(v, key) for v in encoded.dictionary.to_pylist()], pyarrow.string())
             out[column] = pd.Series(pd.arrays.ArrowStringArray(hashed.take(encoded.indices)),

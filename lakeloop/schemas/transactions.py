@@ -61,7 +61,7 @@ class RawTransactionsSchema(TransactionsSchema):
 
 
 class PublishedTransactionsSchema(TransactionsSchema):
-    """What `main` holds: PII columns are keyed pseudonyms (HMAC-SHA256), never raw values."""
+    """What `main` holds: PII columns are keyed pseudonyms (keyed BLAKE2b), never raw values."""
 
     customer_email: Series[str] = pa.Field(str_matches=PSEUDONYM_RE)
     card_number: Series[str] = pa.Field(str_matches=PSEUDONYM_RE)

@@ -49,6 +49,8 @@ def test_up_status_ingest_down(state_dir, tmp_path):
     ingest = lakeloop("data", "ingest", str(batch), "--state-dir", str(state_dir))
     assert ingest.returncode == 0, ingest.stdout + ingest.stderr
     assert "published 300 rows" in ingest.stdout
+    second = lakeloop("data", "ingest", str(batch), "--repository", "second-repo", "--state-dir", str(state_dir))
+    assert second.returncode == 0, second.stderr  # each repository gets its own storage namespace
     bad = tmp_path / "bad.txt"
     bad.write_text("not a batch")
     refused = lakeloop("data", "ingest", str(bad), "--state-dir", str(state_dir))

@@ -36,7 +36,7 @@ def test_deploy_and_run_through_a_process_worker(data_blocks, lakefs_server, tmp
     repository = f"w-{uuid.uuid4().hex[:10]}"
     flow_run = run_deployment("ingest-data/ingest-data", timeout=0, parameters={
         "source": str(batch), "data": {"repository": repository, "lakefs_block": data_blocks,
-                                       "storage_namespace": f"local://lakeloop-tests/{repository}"}})
+                                       "storage_namespace": f"{lakefs_server.namespace_prefix}/{repository}"}})
     worker = prefect_cli("worker", "start", "--pool", "lakeloop-process", "--run-once", timeout=240)
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
 

@@ -21,9 +21,9 @@ pytestmark = pytest.mark.lakefs
 
 
 @pytest.fixture
-def data(data_blocks) -> DataConfig:
+def data(data_blocks, lakefs_server) -> DataConfig:
     name = f"d-{uuid.uuid4().hex[:10]}"
-    return DataConfig(repository=name, storage_namespace=f"local://lakeloop-tests/{name}")
+    return DataConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
 
 
 def _repo(server, config: DataConfig) -> lakefs.Repository:

@@ -40,7 +40,8 @@ def batch(tmp_path_factory) -> Path:
 
 def _config(block: str) -> DataConfig:
     name = f"f-{uuid.uuid4().hex[:10]}"
-    return DataConfig(repository=name, storage_namespace=f"local://lakeloop-tests/{name}", lakefs_block=block)
+    prefix = os.environ.get("LAKEFS_NAMESPACE_PREFIX", "local://lakeloop-tests")
+    return DataConfig(repository=name, storage_namespace=f"{prefix}/{name}", lakefs_block=block)
 
 
 def _save(name: str, endpoint: str, vault: VaultConnection, path: str = "lakeloop/lakefs") -> str:
