@@ -7,12 +7,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL
 
 from blocks import LakeFSConnection
 from lakeloop.config import DataConfig
 from lakeloop.data import ValidationReport, pseudonymise, read_batch, validate_batch
 from lakeloop.data import _wap as wap
-from lakeloop.errors import DataValidationError, LakeFSError
+from lakeloop.errors import ConfigError, DataValidationError, LakeFSError
 from lakeloop.schemas import SCHEMA_VERSION, PublishedTransactionsSchema, RawTransactionsSchema
 from lakeloop.secrets import PII_PATH
 
@@ -31,7 +32,13 @@ def _unreachable(task, task_run, state) -> bool:
 
 
 def _connection(config: DataConfig) -> LakeFSConnection:
-    return LakeFSConnection.load(config.lakefs_block)
+    try:
+        return LakeFSConnection.load(config.lakefs_block)
+    except ValueError as exc:  # Prefect's "Unable to find block document named ..."
+        raise ConfigError(
+            f"no LakeFSConnection block named {config.lakefs_block!r} on the Prefect API at "
+            f"{PREFECT_API_URL.value() or 'an ephemeral server'}: start the stack (`lakeloop dev up`, then "
+            "`source .lakeloop/env`) or save one (see README, Secrets and blocks)") from exc
 
 
 # Every task here has side effects or takes a whole frame: nothing is cached (hashing a frame for a

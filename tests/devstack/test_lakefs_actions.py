@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from lakefs.exceptions import ServerException
 
 from lakeloop.devstack import _proc
+from tests._loopback import LoopbackServer
 from tests.conftest import LakeFSEndpoint, start_embedded_lakefs
 
 pytestmark = pytest.mark.lakefs
@@ -22,29 +21,19 @@ class Receiver:
     def __init__(self) -> None:
         self.calls: list[dict] = []
         self.status = 200
-        receiver = self
+        self.server = LoopbackServer(self._handle)
+        self.url = self.server.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.calls.append({"path": self.path, "headers": dict(self.headers),
-                                       "json": json.loads(body)})
-                self.send_response(receiver.status)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, None]:
+        self.calls.append({"path": path, "headers": headers, "json": json.loads(body)})
+        return self.status, None
 
 
 @pytest.fixture
 def receiver():
     r = Receiver()
     yield r
-    r.server.shutdown()
+    r.server.close()
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import hvac
@@ -26,6 +24,7 @@ from lakeloop.config import DataConfig
 from lakeloop.data.generate import generate_transactions
 from lakeloop.devstack import _proc
 from lakeloop.errors import LakeFSError, MergeConflictError, VaultPermissionError, VaultUnreachableError
+from tests._loopback import LoopbackServer
 
 pytestmark = pytest.mark.lakefs
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,24 +99,17 @@ class MainMover:
 
     def __init__(self, server, repository: str, path: str) -> None:
         self.calls = 0
-        mover = self
+        self._main = lambda: lakefs.Repository(repository, client=server.client()).branch("main")
+        self._path = path
+        self.server = LoopbackServer(self._handle)
+        self.url = self.server.url + "/"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers["Content-Length"]))
-                mover.calls += 1
-                main = lakefs.Repository(repository, client=server.client()).branch("main")
-                main.object(path).upload(b"written while the ingest was merging")
-                main.commit("concurrent writer")
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, None]:
+        self.calls += 1
+        main = self._main()
+        main.object(self._path).upload(b"written while the ingest was merging")
+        main.commit("concurrent writer")
+        return 200, None
 
 
 def _repo_with_mover(server, config: DataConfig, path: str) -> tuple[lakefs.Repository, MainMover]:
@@ -143,7 +135,7 @@ def test_main_moved_during_ingest_still_merges_correctly(batch, data_blocks, lak
     assert main.get_commit().id == result.commit_id
     assert main.object("other/concurrent.txt").exists()  # the concurrent write survived
     assert main.object(f"transactions/batch={result.batch_id}/part-0.parquet").exists()
-    mover.server.shutdown()
+    mover.server.close()
 
 
 def test_main_moved_on_the_same_path_is_a_clear_conflict(batch, data_blocks, lakefs_server):
@@ -160,7 +152,7 @@ def test_main_moved_on_the_same_path_is_a_clear_conflict(batch, data_blocks, lak
     main = repo.branch("main")
     assert main.get_commit().message == "concurrent writer"
     assert main.object(path).reader().read() == b"written while the ingest was merging"
-    mover.server.shutdown()
+    mover.server.close()
 
 
 def test_ingest_killed_mid_upload_leaves_main_unchanged(tmp_path, data_blocks, lakefs_server):
@@ -187,3 +179,11 @@ def test_ingest_killed_mid_upload_leaves_main_unchanged(tmp_path, data_blocks, l
     result = ingest_data(str(big), data=config)  # a re-run cleans up the leftover and publishes
     assert result.rows == 400_000 and [b.id for b in repo.branches()] == ["main"]
     assert json.loads(json.dumps(result.model_dump()))["batch_id"] == result.batch_id
+
+
+def test_missing_block_says_how_to_get_one(batch, data_blocks):
+    from lakeloop.errors import ConfigError
+
+    state = ingest_data(str(batch), data=_config("no-such-block"), return_state=True)
+    with pytest.raises(ConfigError, match=r"no LakeFSConnection block named 'no-such-block'.*lakeloop dev up"):
+        state.result()

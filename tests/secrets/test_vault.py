@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import hvac
 import pytest
@@ -20,6 +18,7 @@ from lakeloop.errors import (
     VaultUnreachableError,
 )
 from lakeloop.secrets import LAKEFS_PATH, PII_PATH, SERVING_PATH, VaultClient, VaultSettings
+from tests._loopback import LoopbackServer
 
 
 def _client(vault, consumer: str = "pipeline", **overrides) -> VaultClient:
@@ -146,28 +145,17 @@ class FakeTokenReview:
     """A loopback stand-in for the Kubernetes TokenReview API (what Vault calls to check a JWT)."""
 
     def __init__(self, valid_jwt: str) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                ok = review["spec"]["token"] == valid_jwt
-                status = {"authenticated": ok}
-                if ok:
-                    status["user"] = {"username": "system:serviceaccount:lakeloop:pipeline",
-                                      "uid": "1234", "groups": ["system:serviceaccounts"]}
-                body = json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                                   "status": status}).encode()
-                self.send_response(201)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        self._valid = valid_jwt
+        self.server = LoopbackServer(self._review)
+        self.url = self.server.url
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _review(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
+        ok = json.loads(body)["spec"]["token"] == self._valid
+        status: dict = {"authenticated": ok}
+        if ok:
+            status["user"] = {"username": "system:serviceaccount:lakeloop:pipeline", "uid": "1234",
+                              "groups": ["system:serviceaccounts"]}
+        return 201, {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status}
 
 
 PEM = """-----BEGIN CERTIFICATE-----
@@ -217,4 +205,4 @@ def test_kubernetes_login(vault, tmp_path):
             _client(vault, auth_method="kubernetes", kubernetes_role="pipeline",
                     kubernetes_jwt_path=str(token_file)).read(LAKEFS_PATH)
     finally:
-        review.server.shutdown()
+        review.server.close()

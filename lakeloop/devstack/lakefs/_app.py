@@ -149,6 +149,11 @@ class LakeFSApp:
                 return _error(412, f"precondition failed: {exc}")
             except json.JSONDecodeError:
                 return _error(400, "request body is not valid JSON")
+            except ClientDisconnect:
+                return _error(400, "client disconnected before the request body was complete")
+            except Exception:  # an answer in lakeFS's error shape, and the traceback in the log
+                log.exception("internal error in %s %s", request.method, request.url.path)
+                return _error(500, "internal server error (see the server log)")
 
         return guarded
 
