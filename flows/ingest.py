@@ -45,9 +45,9 @@ def ingest_data(source: str, data: DataConfig | None = None) -> IngestResult:
     try:
         frame = load_batch(source)
     except DataValidationError as exc:
-        branch = quarantine_batch(data, batch_id, None, source, ValidationReport.unreadable(source, str(exc)))
-        raise DataValidationError(f"{exc}; report on lakeFS branch {data.repository}/{branch}",
-                                  batch_id=batch_id, branch=branch) from exc
+        report = ValidationReport.unreadable(source, str(exc))
+        branch = quarantine_batch(data, batch_id, None, source, report)
+        raise _quarantined(report, data, branch, batch_id) from exc
     report = validate_raw(frame, source)
     safe = pseudonymise_batch(frame, data)
     if not report.passed:

@@ -4,6 +4,7 @@
     ├── ConfigError            a setting or parameter is missing or invalid
     ├── DataValidationError    a batch broke the schema (carries the full report)
     ├── LakeFSError            lakeFS answered with an error or could not be reached
+    │   ├── LakeFSUnreachableError  no answer at all (the only lakeFS error worth retrying)
     │   └── MergeConflictError the destination moved and the same paths changed on both sides
     ├── SecretsError           Vault could not give us a secret
     │   ├── VaultUnreachableError
@@ -54,6 +55,10 @@ class DataValidationError(LakeloopError):
 
 class LakeFSError(LakeloopError):
     """lakeFS answered with an error, or could not be reached."""
+
+
+class LakeFSUnreachableError(LakeFSError):
+    """No lakeFS server answered at the configured endpoint."""
 
 
 class MergeConflictError(LakeFSError):

@@ -13,7 +13,7 @@ from blocks import LakeFSConnection
 from lakeloop.config import DataConfig
 from lakeloop.data import ValidationReport, pseudonymise, read_batch, validate_batch
 from lakeloop.data import _wap as wap
-from lakeloop.errors import ConfigError, DataValidationError, LakeFSError
+from lakeloop.errors import ConfigError, DataValidationError, LakeFSUnreachableError
 from lakeloop.schemas import SCHEMA_VERSION, PublishedTransactionsSchema, RawTransactionsSchema
 from lakeloop.secrets import PII_PATH
 
@@ -21,11 +21,11 @@ LAKEFS_RETRY_DELAYS = [1, 2, 4]
 
 
 def _unreachable(task, task_run, state) -> bool:
-    """Retry only when lakeFS could not be reached; a bad request fails at once."""
+    """Retry only when lakeFS could not be reached; any other failure is final at once."""
     try:
         state.result()
-    except LakeFSError as exc:
-        return "unreachable" in str(exc)
+    except LakeFSUnreachableError:
+        return True
     except Exception:
         return False
     return False

@@ -18,7 +18,7 @@ from lakefs.exceptions import (
     handle_http_error,
 )
 
-from lakeloop.errors import LakeFSError, MergeConflictError
+from lakeloop.errors import LakeFSError, LakeFSUnreachableError, MergeConflictError
 from lakeloop.secrets import VaultClient
 
 
@@ -40,7 +40,7 @@ def lakefs_errors(endpoint: str, doing: str) -> Iterator[None]:
     try:
         yield
     except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
-        raise LakeFSError(f"lakeFS at {endpoint} is unreachable while {doing}: is the server running? "
+        raise LakeFSUnreachableError(f"lakeFS at {endpoint} is unreachable while {doing}: is the server running? "
                           "(`lakeloop dev up` starts the embedded one)", endpoint=endpoint) from exc
     except NotAuthorizedException as exc:
         raise LakeFSError(f"lakeFS at {endpoint} rejected the access keys while {doing}: check the keys "

@@ -71,6 +71,8 @@ class ValidationReport:
         """One line: what failed, where, and what to do."""
         if self.passed:
             return f"{self.source}: {self.rows} rows passed {self.schema}"
+        if self.failures[0].check == "unreadable":
+            return self.failures[0].examples[0]  # already says which file, what is wrong, what to do
         first = self.failures[0].describe()
         more = f" (+{len(self.failures) - 1} more problem(s))" if len(self.failures) > 1 else ""
         return (f"{self.source}: {self.rows} rows failed {self.schema}: {first}{more}; fix the batch and "
