@@ -3,6 +3,10 @@ the UI builds its run form from them. (Process settings are CLI options with `LA
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -20,3 +24,31 @@ class DataConfig(BaseModel):
     def namespace(self) -> str:
         """The storage namespace to create the repository with."""
         return self.storage_namespace or f"local://lakeloop/{self.repository}"
+
+
+class TrainingConfig(BaseModel):
+    """How to train: model size, optimisation, and the hardware layout (CPU today, GPUs tomorrow)."""
+
+    epochs: int = Field(5, ge=1, le=1000, description="Passes over the training split.")
+    global_batch_size: int = Field(512, ge=1, description="Batch size summed over all processes.")
+    learning_rate: float = Field(3e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    pos_weight: float = Field(5.0, gt=0, description="Loss weight of the (rare) fraud class.")
+    hidden: list[int] = Field([64, 64], min_length=1, description="Widths of the MLP's hidden layers.")
+    embedding_dim: int = Field(8, ge=1, description="Width of each categorical embedding.")
+    seed: int = Field(0, description="Seed: same data commit + same config + same seed → same metrics on CPU.")
+    accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto picks GPUs when present.")
+    devices: int = Field(1, ge=1, description="Processes per node (one per GPU); `torchrun --nproc-per-node`.")
+    nodes: int = Field(1, ge=1, description="Number of nodes; `torchrun --nnodes`.")
+    node_rank: int = Field(0, ge=0, description="This node's rank (multi-node runs).")
+    rdzv_endpoint: str | None = Field(None, description="host:port of the rendezvous (multi-node); local if empty.")
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        "auto", description="auto: bf16-mixed on GPUs, 32-true on CPUs.")
+    work_root: str = Field(".lakeloop/training", description="Where runs keep data, checkpoints and results.")
+
+    def run_key(self, commit_id: str) -> str:
+        """Identifies a run: the data commit plus everything that changes the result (not the layout)."""
+        relevant = self.model_dump(exclude={"devices", "nodes", "node_rank", "rdzv_endpoint", "work_root",
+                                            "accelerator", "precision"})
+        digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{commit_id[:16]}-{digest}"

@@ -1,7 +1,8 @@
 """A seeded generator of realistic card transactions, with drift knobs for later stages.
 
-The fraud label depends on the features (amount, distance, night-time, velocity, young accounts,
-online channel), so a model has something real to learn; about 2% of rows are fraud.
+The fraud label depends on the features (amount, distance from home, velocity, young accounts,
+online channel, risky categories, age; a little on night-time, which the model does not see), so a
+model has something real to learn; about 2% of rows are fraud.
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ def generate_transactions(rows: int, seed: int = 0, start: dt.datetime | None = 
     account_age = rng.integers(0, 9_000, rows)
     velocity = rng.poisson(2.0, rows)
     hour = ((seconds / 3600.0) % 24).astype(int)
-    score = (-6.2 + 0.55 * (np.log(amount) - 3.6) + 0.9 * (distance > 60) + 0.8 * ((hour < 5) | (hour > 22))
-             + 0.35 * (velocity > 4) + 0.9 * (account_age < 60) + 0.45 * (channel == "online"))
-    p_fraud = np.clip(1 / (1 + np.exp(-score)) * 5.0 * drift.fraud_rate_multiplier, 0, 1)
+    risky_category = np.isin(category, ("electronics", "travel", "fashion"))
+    score = (-6.3 + 1.6 * (np.log(amount) - 3.6) + 2.5 * (distance > 40) + 0.4 * ((hour < 5) | (hour > 22))
+             + 1.1 * (velocity > 4) + 2.2 * (account_age < 120) + 1.0 * (channel == "online")
+             + 0.9 * risky_category - 0.015 * (age - 40))
+    p_fraud = np.clip(1 / (1 + np.exp(-score)) * drift.fraud_rate_multiplier, 0, 1)
     label = (rng.random(rows) < p_fraud).astype(np.int64)
     ids = rng.integers(0, 2**63 - 1, rows, dtype=np.int64)
     customers = rng.integers(0, max(rows // 5, 1), rows)

@@ -1,0 +1,82 @@
+"""Preparing a training run's folder and launching it with torchrun (plain Python, no Prefect)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lakeloop.config import TrainingConfig
+from lakeloop.devstack import _proc
+from lakeloop.errors import TrainingError
+from lakeloop.modeling.features import FeatureSpec, labels, split_of
+
+
+def prepare_run(frame: pd.DataFrame, commit_id: str, config: TrainingConfig, lineage: dict) -> Path:
+    """Write the run folder: encoded splits, the fitted feature spec, the config, the lineage.
+
+    The folder is named by the data commit and the config (not the hardware layout), so a re-run
+    of the same training finds its checkpoints and resumes.
+    """
+    workdir = Path(config.work_root) / config.run_key(commit_id)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if (workdir / "arrays.npz").exists():
+        (workdir / "config.json").write_text(config.model_dump_json(indent=2))  # the layout may change
+        return workdir
+    split = split_of(frame["transaction_id"])
+    train = frame[split == "train"]
+    if train.empty or not (split == "test").any():
+        raise TrainingError(f"data commit {commit_id[:12]} has {len(frame)} rows: too few to split into "
+                            "train/val/test; ingest more data first", commit_id=commit_id)
+    spec = FeatureSpec.fit(train)
+    arrays: dict[str, np.ndarray] = {}
+    for name in ("train", "val", "test"):
+        part = frame[split == name]
+        arrays[f"{name}_numeric"], arrays[f"{name}_categorical"] = spec.encode(part)
+        arrays[f"{name}_label"] = labels(part)
+    tmp = workdir / "arrays.tmp.npz"
+    np.savez(tmp, **arrays)
+    (workdir / "features.json").write_text(spec.to_json())
+    (workdir / "config.json").write_text(config.model_dump_json(indent=2))
+    (workdir / "lineage.json").write_text(json.dumps({**lineage, "data_commit": commit_id,
+                                                      "rows": {k: int(np.sum(split == k)) for k in
+                                                               ("train", "val", "test")}}, indent=2))
+    os.replace(tmp, workdir / "arrays.npz")  # last: its presence marks a complete folder
+    return workdir
+
+
+def torchrun_command(workdir: Path, config: TrainingConfig) -> list[str]:
+    endpoint = config.rdzv_endpoint or f"127.0.0.1:{_proc.free_port()}"
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={config.devices}",
+            f"--nnodes={config.nodes}", f"--node-rank={config.node_rank}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}", "-m", "lakeloop.modeling.train", "--workdir", str(workdir)]
+
+
+def launch(workdir: Path, config: TrainingConfig, timeout: float | None = None) -> dict:
+    """Run training under torchrun in a subprocess and read its result file.
+
+    Lightning's own DDP launcher re-executes the calling script, which breaks inside an orchestrator
+    task; a dedicated entrypoint under torchrun does not (Lightning sees TorchElastic and stays put).
+    """
+    (workdir / "config.json").write_text(config.model_dump_json(indent=2))
+    (workdir / "result.json").unlink(missing_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // config.devices)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONHASHSEED": str(config.seed)}
+    log_path = workdir / "train.log"
+    with open(log_path, "ab") as log:
+        try:
+            done = subprocess.run(torchrun_command(workdir, config), stdout=log, stderr=subprocess.STDOUT,
+                                  env=env, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise TrainingError(f"training in {workdir} ran past {timeout:.0f}s; its checkpoints are kept and "
+                                "a re-run resumes from the last one", workdir=str(workdir)) from exc
+    if done.returncode != 0 or not (workdir / "result.json").exists():
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-12:])
+        raise TrainingError(f"training in {workdir} failed (exit {done.returncode}); a re-run resumes from the "
+                            f"last checkpoint. Last lines of {log_path}:\n{tail}", workdir=str(workdir))
+    return json.loads((workdir / "result.json").read_text())

@@ -1,0 +1,90 @@
+"""Lightning pieces: the training system around the net, and the data module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from lakeloop.modeling.nets import TabularNet
+
+
+class ClassifierSystem(L.LightningModule):
+    """Binary classifier training: weighted BCE on logits, AdamW.
+
+    Args:
+        net: the model (kept separate from the system).
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        pos_weight: weight of the positive class in the loss (fraud is rare).
+    """
+
+    def __init__(self, net: TabularNet, learning_rate: float = 3e-3, weight_decay: float = 1e-4,
+                 pos_weight: float = 5.0) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
+        return self.net(numeric, categorical)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        numeric, categorical, y = batch
+        loss = self.loss(self(numeric, categorical), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        numeric, categorical, y = batch
+        self.log("val_loss", self.loss(self(numeric, categorical), y), on_epoch=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate,
+                                 weight_decay=self.hparams.weight_decay)
+
+
+class LakeFSDataModule(L.LightningDataModule):
+    """Serves the encoded splits of one lakeFS commit, prepared by the pipeline in `arrays.npz`.
+
+    Sampling is explicit: a DistributedSampler(shuffle, seed) over the world, so 1 process with the
+    global batch and N processes with global/N each see the same samples per step.
+
+    Args:
+        data_dir: folder holding arrays.npz (train/val/test numeric, categorical, label arrays).
+        global_batch_size: batch size summed over all processes.
+        seed: shuffling seed.
+    """
+
+    def __init__(self, data_dir: str, global_batch_size: int = 512, seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        with np.load(Path(self.hparams.data_dir) / "arrays.npz") as data:
+            self.arrays = {k: data[k] for k in data.files}
+
+    def _dataset(self, split: str) -> TensorDataset:
+        a = self.arrays
+        return TensorDataset(torch.from_numpy(a[f"{split}_numeric"]), torch.from_numpy(a[f"{split}_categorical"]),
+                             torch.from_numpy(a[f"{split}_label"]))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        world = self.trainer.world_size if self.trainer else 1
+        rank = self.trainer.global_rank if self.trainer else 0
+        dataset = self._dataset(split)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,
+                                     seed=self.hparams.seed, drop_last=shuffle)
+        # training drops the last partial batch: every step then sees the same global batch at any world size
+        return DataLoader(dataset, batch_size=max(self.hparams.global_batch_size // world, 1), sampler=sampler,
+                          drop_last=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)

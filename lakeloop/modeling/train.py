@@ -1,0 +1,109 @@
+"""The training entrypoint that `torchrun` starts: `python -m lakeloop.modeling.train --workdir DIR`.
+
+Inputs and outputs are files in the run's folder, so the orchestrator never shares a process with
+DDP workers: `config.json` (TrainingConfig), `features.json` (FeatureSpec), `arrays.npz` (encoded
+splits) in; `checkpoints/` (one per epoch and `last.ckpt`), `model.pt` and `result.json` out. A run
+whose folder already holds `checkpoints/last.ckpt` resumes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
+
+from lakeloop.config import TrainingConfig
+from lakeloop.modeling.features import FeatureSpec
+from lakeloop.modeling.metrics import classification_metrics
+from lakeloop.modeling.nets import TabularNet
+from lakeloop.modeling.system import ClassifierSystem, LakeFSDataModule
+
+
+class History(Callback):
+    """Per-epoch losses, kept in the checkpoint so a resumed run still has the whole curve."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        self.epochs.append({"epoch": trainer.current_epoch,
+                            **{k: float(metrics[k]) for k in ("train_loss", "val_loss") if k in metrics}})
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.epochs and "train_loss" in trainer.callback_metrics:
+            self.epochs[-1]["train_loss"] = float(trainer.callback_metrics["train_loss"])
+
+    def state_dict(self) -> dict:
+        return {"epochs": self.epochs}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epochs = list(state_dict["epochs"])
+
+
+def build_net(spec: FeatureSpec, config: TrainingConfig) -> TabularNet:
+    return TabularNet(len(spec.numeric), spec.cardinalities, config.embedding_dim, tuple(config.hidden))
+
+
+def _precision(config: TrainingConfig, on_gpu: bool) -> str:
+    if config.precision != "auto":
+        return config.precision
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def train(workdir: Path) -> dict:
+    config = TrainingConfig.model_validate_json((workdir / "config.json").read_text())
+    spec = FeatureSpec.from_json((workdir / "features.json").read_text())
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    on_gpu = config.accelerator == "gpu" or (config.accelerator == "auto" and torch.cuda.is_available())
+    world = config.devices * config.nodes
+    strategy = DDPStrategy(process_group_backend="nccl" if on_gpu else "gloo") if world > 1 else "auto"
+    net = build_net(spec, config)
+    system = ClassifierSystem(net, config.learning_rate, config.weight_decay, config.pos_weight)
+    data = LakeFSDataModule(str(workdir), config.global_batch_size, config.seed)
+    checkpoints = workdir / "checkpoints"
+    history = History()
+    trainer = L.Trainer(
+        accelerator="gpu" if on_gpu else "cpu", devices=config.devices, num_nodes=config.nodes, strategy=strategy,
+        precision=_precision(config, on_gpu), max_epochs=config.epochs, deterministic=True,
+        use_distributed_sampler=False, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(workdir),
+        callbacks=[ModelCheckpoint(dirpath=checkpoints, filename="epoch={epoch}", auto_insert_metric_name=False,
+                                   save_top_k=-1, every_n_epochs=1, save_last=True), history])
+    last = checkpoints / "last.ckpt"
+    resumed = last.exists()
+    trainer.fit(system, data, ckpt_path=str(last) if resumed else None)
+    if trainer.global_rank != 0:
+        return {}
+    net.eval()
+    arrays = np.load(workdir / "arrays.npz")
+    with torch.no_grad():
+        logits = net(torch.from_numpy(arrays["test_numeric"]).to(system.device),
+                     torch.from_numpy(arrays["test_categorical"]).to(system.device)).float().cpu().numpy()
+    scores = 1 / (1 + np.exp(-logits))
+    result = {"test_metrics": classification_metrics(arrays["test_label"], scores), "history": history.epochs,
+              "resumed": resumed, "world_size": world, "precision": _precision(config, on_gpu),
+              "accelerator": "gpu" if on_gpu else "cpu", "epochs": config.epochs}
+    torch.save({k: v.cpu() for k, v in net.state_dict().items()}, workdir / "model.pt")
+    (workdir / "result.json.tmp").write_text(json.dumps(result, indent=2))
+    os.replace(workdir / "result.json.tmp", workdir / "result.json")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True)
+    train(parser.parse_args(argv).workdir)
+
+
+if __name__ == "__main__":
+    main()

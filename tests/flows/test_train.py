@@ -1,0 +1,42 @@
+"""`train-model` through `flow(...)`: pinned commit in, metrics artifact and lineage out."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect.settings import PREFECT_API_URL
+
+from flows.ingest import ingest_data
+from flows.train import train_model
+from lakeloop.config import DataConfig, TrainingConfig
+from lakeloop.data.generate import generate_transactions
+
+pytestmark = pytest.mark.lakefs
+
+
+def test_train_model_on_the_published_commit(tmp_path, data_blocks, lakefs_server):
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    data = DataConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
+    batch = tmp_path / "batch.parquet"
+    generate_transactions(6_000, seed=17).to_parquet(batch)
+    published = ingest_data(str(batch), data=data)
+    training = TrainingConfig(epochs=2, work_root=str(tmp_path / "runs"))
+
+    result = train_model(data=data, training=training)
+    assert result.data_commit == published.commit_id
+    assert set(result.test_metrics) >= {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"}
+    assert [h["epoch"] for h in result.history] == [0, 1]
+    lineage = json.loads((Path(result.workdir) / "lineage.json").read_text())
+    assert lineage["data_commit"] == published.commit_id and lineage["data_repository"] == name
+    assert lineage["config"]["epochs"] == 2 and sum(lineage["rows"].values()) == 6_000
+
+    artifacts = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter",
+                           json={"artifacts": {"key": {"any_": ["train-model-metrics"]}}}).json()
+    assert any(published.commit_id[:12] in a["data"] for a in artifacts)
+
+    again = train_model(data=data, training=training, ref=published.commit_id)  # same commit: resumes, same metrics
+    assert again.test_metrics == result.test_metrics and again.resumed
