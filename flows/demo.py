@@ -8,10 +8,14 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
+from flows.compress import compress_model
 from flows.ingest import ingest_data
-from lakeloop.config import DataConfig
+from flows.train import train_model
+from lakeloop.compression import CompressionReport
+from lakeloop.config import CompressionConfig, DataConfig, TrainingConfig
 from lakeloop.data.generate import generate_transactions
 from lakeloop.errors import DataValidationError
+from tasks.training import TrainResult
 
 
 class BatchOutcome(BaseModel):
@@ -37,10 +41,17 @@ def write_sample_batches(folder: Path, rows: int, seed: int) -> tuple[Path, Path
     return good, broken
 
 
+class DemoResult(BaseModel):
+    batches: list[BatchOutcome]
+    training: TrainResult | None = None
+    compression: CompressionReport | None = None
+
+
 @flow(name="demo", log_prints=True)
-def demo(workdir: str = ".lakeloop/samples", rows: int = 20_000, seed: int = 7,
-         data: DataConfig | None = None) -> list[BatchOutcome]:
-    """Generate a good and a broken batch and ingest both: one is published, one quarantined."""
+def demo(workdir: str = ".lakeloop/samples", rows: int = 20_000, seed: int = 7, epochs: int = 4,
+         data: DataConfig | None = None) -> DemoResult:
+    """The loop as far as it exists: ingest a good and a broken batch (one published, one
+    quarantined), train on the published commit, then build, measure and choose compressed models."""
     data = data or DataConfig()
     logger = get_run_logger()
     outcomes = []
@@ -60,4 +71,9 @@ def demo(workdir: str = ".lakeloop/samples", rows: int = 20_000, seed: int = 7,
                 location=f"{data.repository}/{context['branch']}" if quarantined else "-",
                 rows=context.get("rows", 0), problems=context.get("problems", [])))
         logger.info("%s: %s", source, outcomes[-1].detail)
-    return outcomes
+    if not any(o.status == "published" for o in outcomes):
+        return DemoResult(batches=outcomes)
+    training = TrainingConfig(epochs=epochs, seed=seed, work_root=str(Path(workdir).parent / "training"))
+    run = train_model(data=data, training=training)
+    report = compress_model(run, data=data, compression=CompressionConfig())
+    return DemoResult(batches=outcomes, training=run, compression=report)

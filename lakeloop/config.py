@@ -52,3 +52,19 @@ class TrainingConfig(BaseModel):
                                             "accelerator", "precision"})
         digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
         return f"{commit_id[:16]}-{digest}"
+
+
+class CompressionConfig(BaseModel):
+    """Which compressed candidates to build and how to choose among them."""
+
+    primary_metric: Literal["pr_auc", "roc_auc", "f1", "accuracy"] = Field(
+        "pr_auc", description="Gate metric; PR AUC by default, since accuracy means little on a rare label.")
+    tolerance: float = Field(0.01, ge=0, description="Largest allowed drop of the primary metric (0.01 = 1 point).")
+    candidates: list[Literal["int8-dynamic", "int8-static-qdq", "pruned", "distilled"]] = Field(
+        ["int8-dynamic", "int8-static-qdq", "pruned", "distilled"], description="Candidates besides FP32.")
+    prune_keep_fraction: float = Field(0.5, gt=0, le=1, description="Share of hidden units pruning keeps.")
+    fine_tune_epochs: int = Field(2, ge=0, description="Epochs of fine-tuning after pruning.")
+    student_hidden: list[int] = Field([32, 16], min_length=1, description="Hidden widths of the distilled student.")
+    distill_epochs: int = Field(4, ge=1, description="Epochs of distillation.")
+    calibration_rows: int = Field(2048, ge=64, description="Training rows used to calibrate static quantization.")
+    latency_repeat: int = Field(200, ge=10, description="Timed runs per latency measurement.")

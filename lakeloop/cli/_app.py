@@ -214,29 +214,52 @@ def demo(
         from flows.demo import demo as demo_flow
 
         with _prefect_api(state_dir, services["prefect"].url + "/api"):
-            outcomes = demo_flow(workdir=str(state_dir / "samples"), rows=rows)
-        table = Table("batch", "result", "where (lakeFS)", "rows", title="lakeloop demo")
-        for column in table.columns:
-            column.overflow = "fold"
-        colour = {"published": "green", "quarantined": "yellow", "failed": "red"}
-        for o in outcomes:
-            result = "published (earlier run)" if o.detail == "already published" else o.status
-            table.add_row(Path(o.source).name, f"[{colour[o.status]}]{result}[/]", o.location,
-                          str(o.rows or "-"))
-        out.print(table)
-        for o in outcomes:
-            if o.status == "quarantined":
-                out.print(f"[{colour[o.status]}]{Path(o.source).name}[/] was quarantined; its problems:")
-                for problem in o.problems:
-                    out.print(f"  - {problem}", highlight=False)
-            elif o.status == "failed":
-                out.print(f"[red]{Path(o.source).name}[/]: {o.detail}", soft_wrap=True)
+            result = demo_flow(workdir=str(state_dir / "samples"), rows=rows)
+        _print_demo(result)
         out.print(f"Runs, logs and events: {services['prefect'].url}/runs")
-        if any(o.status == "failed" for o in outcomes):
+        if any(o.status == "failed" for o in result.batches):
             raise LakeloopError("the demo loop failed: see the table above")
     finally:
         if not (keep_up or already):
             stack.down(state_dir, log=lambda m: console.print(f"  {m}"))
+
+
+def _print_demo(result) -> None:
+    table = Table("batch", "result", "where (lakeFS)", "rows", title="1. ingest-data")
+    for column in table.columns:
+        column.overflow = "fold"
+    colour = {"published": "green", "quarantined": "yellow", "failed": "red"}
+    for o in result.batches:
+        status = "published (earlier run)" if o.detail == "already published" else o.status
+        table.add_row(Path(o.source).name, f"[{colour[o.status]}]{status}[/]", o.location, str(o.rows or "-"))
+    out.print(table)
+    for o in result.batches:
+        if o.status == "quarantined":
+            out.print(f"[{colour[o.status]}]{Path(o.source).name}[/] was quarantined; its problems:")
+            for problem in o.problems:
+                out.print(f"  - {problem}", highlight=False)
+        elif o.status == "failed":
+            out.print(f"[red]{Path(o.source).name}[/]: {o.detail}", soft_wrap=True)
+    if result.training is not None:
+        m = result.training.test_metrics
+        out.print(f"\n[bold]2. train-model[/] on {result.training.data_repository}@{result.training.data_commit[:12]} "
+                  f"(world size {result.training.world_size}): test PR AUC {m['pr_auc']:.4f}, ROC AUC "
+                  f"{m['roc_auc']:.4f}, F1 {m['f1']:.4f}, precision {m['precision']:.4f}, recall {m['recall']:.4f}")
+    if result.compression is not None:
+        report = result.compression
+        table = Table("", "candidate", report.primary_metric, "drop", "F1", "KiB", "ms @1", "ms @64", "parity", "gate",
+                      title=f"3. compress-model (uncompressed {report.primary_metric} {report.baseline:.4f}, "
+                            f"tolerance {report.tolerance:.2f})")
+        table.columns[1].no_wrap = True
+        for row in report.table:
+            parity = "-" if row["parity_max_abs"] is None else f"{row['parity_max_abs']:.0e}"
+            table.add_row("[bold green]✔[/]" if row["name"] == report.chosen else "", row["name"],
+                          f"{row['primary_metric']:.4f}", f"{row['drop']:+.4f}", f"{row['f1']:.3f}",
+                          f"{row['size_bytes'] / 1024:.1f}", f"{row['latency_b1_ms']:.3f}",
+                          f"{row['latency_b64_ms']:.3f}", parity,
+                          "[green]passed[/]" if row["passed"] else f"[yellow]{row['reason']}[/]")
+        out.print(table)
+        out.print(f"chosen: [bold]{report.chosen}[/] → {report.chosen_path}")
 
 
 def main() -> None:

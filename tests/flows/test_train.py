@@ -40,3 +40,24 @@ def test_train_model_on_the_published_commit(tmp_path, data_blocks, lakefs_serve
 
     again = train_model(data=data, training=training, ref=published.commit_id)  # same commit: resumes, same metrics
     assert again.test_metrics == result.test_metrics and again.resumed
+
+
+def test_compress_model_after_training(tmp_path, data_blocks, lakefs_server):
+    from flows.compress import compress_model
+    from lakeloop.config import CompressionConfig
+
+    name = f"c-{uuid.uuid4().hex[:10]}"
+    data = DataConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
+    batch = tmp_path / "batch.parquet"
+    generate_transactions(8_000, seed=23).to_parquet(batch)
+    ingest_data(str(batch), data=data)
+    run = train_model(data=data, training=TrainingConfig(epochs=2, work_root=str(tmp_path / "runs")))
+    report = compress_model(run, data=DataConfig(),  # the repository comes from the run itself
+                            compression=CompressionConfig(latency_repeat=20, candidates=["int8-dynamic", "pruned"]))
+    assert [r["name"] for r in report.table] == ["fp32", "int8-dynamic", "pruned"]
+    assert report.chosen in {"fp32", "int8-dynamic", "pruned"}
+    assert Path(report.chosen_path).exists()
+    artifacts = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter",
+                           json={"artifacts": {"key": {"any_": ["compress-model-candidates"]}}}).json()
+    assert any(f"Chosen: **{report.chosen}**" in a["data"] and Path(run.workdir).name in a["description"]
+               for a in artifacts)

@@ -1,0 +1,107 @@
+"""Build every candidate of a trained run, measure it, gate it, choose one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel
+
+from lakeloop.compression import candidates as c
+from lakeloop.compression.export import export_onnx
+from lakeloop.config import CompressionConfig, TrainingConfig
+from lakeloop.errors import CompressionGateError
+from lakeloop.modeling.features import FeatureSpec, labels, split_of
+from lakeloop.modeling.metrics import classification_metrics
+from lakeloop.modeling.train import build_net
+
+FP32 = "fp32"
+
+
+class CompressionReport(BaseModel):
+    """The comparison table and the choice, as stored beside the run and in the manifest."""
+
+    workdir: str
+    primary_metric: str
+    tolerance: float
+    baseline: float  # the uncompressed torch model's primary metric on the test split
+    chosen: str
+    chosen_path: str
+    table: list[dict]
+
+
+def compress(workdir: Path, frame: pd.DataFrame, config: CompressionConfig) -> CompressionReport:
+    """Build, measure and gate the candidates of the run in `workdir` on its data `frame`.
+
+    Raises:
+        CompressionGateError: the FP32 export does not match torch (nothing can be chosen).
+    """
+    training = TrainingConfig.model_validate_json((workdir / "config.json").read_text())
+    spec = FeatureSpec.from_json((workdir / "features.json").read_text())
+    net = build_net(spec, training)
+    net.load_state_dict(torch.load(workdir / "model.pt"))
+    net.eval()
+    with np.load(workdir / "arrays.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    split = split_of(frame["transaction_id"])
+    test, train = frame[split == "test"].reset_index(drop=True), frame[split == "train"]
+    y = labels(test)
+    out = workdir / "candidates"
+    out.mkdir(exist_ok=True)
+
+    teacher_logits = c.torch_logits(net, spec, test)
+    baseline = classification_metrics(y, 1 / (1 + np.exp(-teacher_logits.astype(np.float64))))[config.primary_metric]
+    fp32 = export_onnx(net, spec, out / "fp32.onnx")
+    built: list[tuple[str, Path, np.ndarray | None]] = [(FP32, fp32, teacher_logits)]
+    if "int8-dynamic" in config.candidates:
+        built.append(("int8-dynamic", c.quantize_dynamic_int8(fp32, out / "int8-dynamic.onnx"), None))
+    if "int8-static-qdq" in config.candidates:
+        sample = train.sample(n=min(config.calibration_rows, len(train)), random_state=training.seed)
+        built.append(("int8-static-qdq", c.quantize_static_qdq(fp32, out / "int8-static-qdq.onnx", sample, spec),
+                      None))
+    if "pruned" in config.candidates:
+        pruned = c.fine_tune(c.prune_units(net, config.prune_keep_fraction), arrays, config.fine_tune_epochs,
+                             training.global_batch_size, training.seed, training.learning_rate / 3,
+                             training.pos_weight)
+        built.append(("pruned", export_onnx(pruned, spec, out / "pruned.onnx"), c.torch_logits(pruned, spec, test)))
+    if "distilled" in config.candidates:
+        student = c.distill(net, spec, arrays, tuple(config.student_hidden), config.distill_epochs,
+                            training.global_batch_size, training.seed, training.pos_weight)
+        built.append(("distilled", export_onnx(student, spec, out / "distilled.onnx"),
+                      c.torch_logits(student, spec, test)))
+
+    measured = [c.measure(name, path, test, spec, y, twin, config.primary_metric, config.latency_repeat)
+                for name, path, twin in built]
+    chosen = c.gate(measured, baseline, config.tolerance, FP32)
+    fp32_row = measured[0]
+    if fp32_row.parity_max_abs is None or fp32_row.parity_max_abs > c.PARITY_LIMIT:
+        raise CompressionGateError(f"the FP32 ONNX export of {workdir} differs from torch by "
+                                   f"{fp32_row.parity_max_abs:.2e} (limit {c.PARITY_LIMIT:.0e}); nothing can be "
+                                   "chosen. Check the export opset and the preprocessing graph", workdir=str(workdir))
+    report = CompressionReport(workdir=str(workdir), primary_metric=config.primary_metric, tolerance=config.tolerance,
+                               baseline=baseline, chosen=chosen.name, chosen_path=chosen.path,
+                               table=[m.as_row() for m in measured])
+    (workdir / "compression.json").write_text(report.model_dump_json(indent=2))
+    return report
+
+
+def table_markdown(report: CompressionReport) -> str:
+    """The comparison table as markdown (Prefect artifact, README, CLI)."""
+    lines = [f"Primary metric `{report.primary_metric}`: uncompressed torch {report.baseline:.4f}, tolerance "
+             f"{report.tolerance:.4f}. Chosen: **{report.chosen}**.", "",
+             f"| candidate | {report.primary_metric} | drop | accuracy | F1 | size KiB | ORT ms @1 | ORT ms @64 | "
+             "parity | gate |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for row in report.table:
+        parity = "-" if row["parity_max_abs"] is None else f"{row['parity_max_abs']:.1e}"
+        mark = " ✔" if row["name"] == report.chosen else ""
+        lines.append(f"| {row['name']}{mark} | {row['primary_metric']:.4f} | {row['drop']:+.4f} | "
+                     f"{row['accuracy']:.4f} | {row['f1']:.4f} | {row['size_bytes'] / 1024:.1f} | "
+                     f"{row['latency_b1_ms']:.3f} | {row['latency_b64_ms']:.3f} | {parity} | {row['reason']} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_report(workdir: Path) -> CompressionReport:
+    return CompressionReport.model_validate(json.loads((workdir / "compression.json").read_text()))

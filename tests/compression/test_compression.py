@@ -1,0 +1,92 @@
+"""ONNX export over raw columns, candidates, and the accuracy/parity gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+import torch
+
+from lakeloop.compression import compress, export_onnx, onnx_inputs
+from lakeloop.compression.candidates import Measurement, gate, prune_units, session
+from lakeloop.config import CompressionConfig, TrainingConfig
+from lakeloop.data import pseudonymise
+from lakeloop.data.generate import DriftKnobs, generate_transactions
+from lakeloop.modeling.features import FeatureSpec
+from lakeloop.modeling.nets import TabularNet
+from lakeloop.modeling.run import launch, prepare_run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
+    frame = pseudonymise(generate_transactions(12_000, seed=5), b"k" * 32)
+    config = TrainingConfig(epochs=3, work_root=str(tmp_path_factory.mktemp("runs")))
+    workdir = prepare_run(frame, "e" * 64, config, {})
+    launch(workdir, config)
+    return workdir, frame
+
+
+def test_onnx_takes_raw_rows_and_matches_the_torch_pipeline(tmp_path):
+    frame = generate_transactions(500, seed=2)
+    spec = FeatureSpec.fit(frame)
+    torch.manual_seed(0)
+    net = TabularNet(len(spec.numeric), spec.cardinalities).eval()
+    path = export_onnx(net, spec, tmp_path / "m.onnx")
+    rows = generate_transactions(300, seed=3, drift=DriftKnobs(new_categories=("casino",), new_category_share=0.2))
+    outputs = session(path).run(None, onnx_inputs(rows, spec))
+    numeric, categorical = spec.encode(rows)  # the torch pipeline: Python preprocessing, then the net
+    with torch.no_grad():
+        expected = net(torch.from_numpy(numeric), torch.from_numpy(categorical)).numpy()
+    assert np.max(np.abs(outputs[0] - expected)) <= 1e-5
+    assert np.allclose(outputs[1], 1 / (1 + np.exp(-expected)), atol=1e-6)
+    assert (rows["merchant_category"] == "casino").any()  # unseen values went through the reserved index
+    model = onnx.load(path)
+    assert [i.name for i in model.graph.input] == [*spec.numeric, *spec.categorical]
+    assert {o.domain for o in model.opset_import} == {"", "ai.onnx.ml"}
+
+
+def test_pruning_makes_the_graph_physically_smaller():
+    spec = FeatureSpec.fit(generate_transactions(200, seed=1))
+    net = TabularNet(len(spec.numeric), spec.cardinalities, hidden=(64, 32))
+    small = prune_units(net, 0.5)
+    assert [m.out_features for m in small.mlp if isinstance(m, torch.nn.Linear)] == [32, 16, 1]
+    assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in net.parameters())
+
+
+def test_candidates_are_measured_gated_and_chosen(trained):
+    workdir, frame = trained
+    report = compress(workdir, frame, CompressionConfig(latency_repeat=20, distill_epochs=2))
+    names = [row["name"] for row in report.table]
+    assert names == ["fp32", "int8-dynamic", "int8-static-qdq", "pruned", "distilled"]
+    rows = {row["name"]: row for row in report.table}
+    assert rows["fp32"]["parity_max_abs"] <= 1e-4 and rows["fp32"]["passed"]
+    assert rows["pruned"]["size_bytes"] < rows["fp32"]["size_bytes"]
+    assert rows["int8-dynamic"]["size_bytes"] < rows["fp32"]["size_bytes"]
+    chosen = rows[report.chosen]
+    assert chosen["passed"] and chosen["drop"] <= report.tolerance
+    passing = [r for r in report.table if r["passed"]]
+    assert chosen["latency_b1_ms"] <= 1.05 * min(r["latency_b1_ms"] for r in passing)
+    for row in report.table:
+        assert row["passed"] == (row["drop"] <= report.tolerance), row
+    assert (workdir / "compression.json").exists() and Path(report.chosen_path).exists()
+
+
+def _m(name: str, metric: float, latency: float, parity: float | None = 0.0) -> Measurement:
+    return Measurement(name, name, metric, 0.9, 0.5, 100, latency, latency * 2, parity)
+
+
+def test_gate_picks_the_fastest_passing_candidate_or_falls_back_to_fp32():
+    table = [_m("fp32", 0.50, 0.05), _m("fast-bad", 0.40, 0.01, None), _m("fast-ok", 0.495, 0.02, None)]
+    assert gate(table, 0.50, 0.01, "fp32").name == "fast-ok"
+    assert table[1].reason == "metric drop 0.1000 > tolerance 0.0100"
+    tied = [_m("fp32", 0.50, 0.0200), _m("smaller-b64", 0.50, 0.0205, None)]
+    tied[1].latency_b64_ms = 0.01
+    assert gate(tied, 0.50, 0.01, "fp32").name == "smaller-b64"  # within 5% at batch 1: batch 64 decides
+    nothing = [_m("fp32", 0.45, 0.05), _m("other", 0.40, 0.01, None)]
+    assert gate(nothing, 0.50, 0.01, "fp32").name == "fp32"  # none passes: FP32
+    broken = [_m("fp32", 0.50, 0.05, parity=1e-2), _m("other", 0.50, 0.01, None)]
+    assert gate(broken, 0.50, 0.01, "fp32").name == "fp32" and not broken[1].passed
+    assert "FP32 export differs" in broken[1].reason
