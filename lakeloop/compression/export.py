@@ -1,8 +1,9 @@
 """ONNX export of a trained net as one graph over the raw feature columns.
 
 Inputs are the model's raw columns, one per input: numbers as FLOAT [N, 1], categories as STRING
-[N, 1]. Inside the graph: log1p and standard scaling of the numbers, and an `ai.onnx.ml`
-`LabelEncoder` mapping each category to its embedding index (unseen values to the reserved 0).
+[N, 1]. Inside the graph: log1p and standard scaling of the numbers (the scaling folded into the
+first layer), and an `ai.onnx.ml` `LabelEncoder` mapping each category to its embedding index
+(unseen values to the reserved 0; the embeddings folded into the first layer as well).
 Outputs: `logit` [N] and `probability` [N]. A served model therefore needs no training code, and
 training/serving skew cannot creep in.
 """
@@ -30,7 +31,8 @@ def export_onnx(net: TabularNet, spec: FeatureSpec, path: Path) -> Path:
     """Write the raw-feature ONNX model of `net` to `path`."""
     core = _export_net(net, spec)
     pre = _preprocessing_graph(spec)
-    merged = compose.merge_models(pre, core, io_map=[("numeric", "numeric"), ("categorical", "categorical")])
+    io_map = [("numeric", "numeric")] + [(f"{c}_index", f"{c}_index") for c in spec.categorical]
+    merged = compose.merge_models(pre, core, io_map=io_map)
     graph = merged.graph
     graph.node.append(helper.make_node("Sigmoid", ["logit"], ["probability"], name="probability"))
     graph.output.append(helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N"]))
@@ -42,14 +44,51 @@ def export_onnx(net: TabularNet, spec: FeatureSpec, path: Path) -> Path:
     return path
 
 
+class _FoldedNet(torch.nn.Module):
+    """The trained net rewritten for inference, exactly (up to float rounding):
+
+    - standard scaling is folded into the first layer's numeric weights: W·((x - m) / s) + b =
+      (W / s)·x + (b - W·(m / s));
+    - each embedding is folded into the first layer too: its table times the first layer's columns
+      for that embedding gives a [vocabulary, hidden] table, so an embedding lookup, a concat and a
+      third of the first matrix product become one Gather and an Add.
+    """
+
+    def __init__(self, net: TabularNet, spec: FeatureSpec) -> None:
+        super().__init__()
+        linears = [m for m in net.mlp if isinstance(m, torch.nn.Linear)]
+        first, n = linears[0], len(spec.numeric)
+        mean, std = torch.tensor(spec.mean, dtype=torch.float64), torch.tensor(spec.std, dtype=torch.float64)
+        w = first.weight.detach().double()
+        w_numeric = w[:, :n] / std
+        self.numeric = torch.nn.Linear(n, first.out_features)
+        with torch.no_grad():
+            self.numeric.weight.copy_(w_numeric.float())
+            self.numeric.bias.copy_((first.bias.detach().double() - w[:, :n] @ (mean / std)).float())
+        tables, offset = [], n
+        for embedding in net.embeddings:
+            d = embedding.embedding_dim
+            tables.append(torch.nn.Parameter((embedding.weight.detach().double() @ w[:, offset:offset + d].T).float(),
+                                             requires_grad=False))
+            offset += d
+        self.tables = torch.nn.ParameterList(tables)
+        self.rest = torch.nn.Sequential(*list(net.mlp)[1:])  # the ReLU after the first layer, and the rest
+
+    def forward(self, numeric: torch.Tensor, *codes: torch.Tensor) -> torch.Tensor:
+        hidden = self.numeric(numeric)
+        for table, code in zip(self.tables, codes, strict=True):
+            hidden = hidden + table[code]
+        return self.rest(hidden).squeeze(1)
+
+
 def _export_net(net: TabularNet, spec: FeatureSpec) -> onnx.ModelProto:
-    net = net.eval()
+    folded = _FoldedNet(net.eval(), spec).eval()
     numeric = torch.zeros(2, len(spec.numeric))
-    categorical = torch.zeros(2, len(spec.categorical), dtype=torch.int64)
+    codes = tuple(torch.zeros(2, dtype=torch.int64) for _ in spec.categorical)
+    names = [f"{c}_index" for c in spec.categorical]
     buffer = io.BytesIO()
-    torch.onnx.export(net, (numeric, categorical), buffer, input_names=["numeric", "categorical"],
-                      output_names=["logit"], dynamic_axes={"numeric": {0: "N"}, "categorical": {0: "N"},
-                                                            "logit": {0: "N"}},
+    torch.onnx.export(folded, (numeric, *codes), buffer, input_names=["numeric", *names], output_names=["logit"],
+                      dynamic_axes={"numeric": {0: "N"}, "logit": {0: "N"}, **{k: {0: "N"} for k in names}},
                       opset_version=OPSET, dynamo=False)
     model = onnx.load_from_string(buffer.getvalue())
     model.ir_version = IR_VERSION
@@ -58,34 +97,27 @@ def _export_net(net: TabularNet, spec: FeatureSpec) -> onnx.ModelProto:
 
 def _preprocessing_graph(spec: FeatureSpec) -> onnx.ModelProto:
     nodes, inits, inputs = [], [], []
-    scaled_inputs = []
+    numeric_parts = []
     inits.append(helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]))
     for column in spec.numeric:
         inputs.append(helper.make_tensor_value_info(column, TensorProto.FLOAT, ["N", 1]))
         if column in spec.log1p:
             nodes += [helper.make_node("Add", [column, "one"], [f"{column}_p1"]),
                       helper.make_node("Log", [f"{column}_p1"], [f"{column}_log"])]
-            scaled_inputs.append(f"{column}_log")
+            numeric_parts.append(f"{column}_log")
         else:
-            scaled_inputs.append(column)
-    inits += [helper.make_tensor("mean", TensorProto.FLOAT, [len(spec.mean)], list(spec.mean)),
-              helper.make_tensor("std", TensorProto.FLOAT, [len(spec.std)], list(spec.std))]
-    nodes += [helper.make_node("Concat", scaled_inputs, ["numeric_raw"], axis=1),
-              helper.make_node("Sub", ["numeric_raw", "mean"], ["numeric_centered"]),
-              helper.make_node("Div", ["numeric_centered", "std"], ["numeric"])]
-    codes = []
+            numeric_parts.append(column)
+    nodes.append(helper.make_node("Concat", numeric_parts, ["numeric"], axis=1))  # scaling: in the net
+    inits.append(helper.make_tensor("flat", TensorProto.INT64, [1], [-1]))
+    outputs = [helper.make_tensor_value_info("numeric", TensorProto.FLOAT, ["N", len(spec.numeric)])]
     for column, vocabulary in zip(spec.categorical, spec.vocabularies, strict=True):
         inputs.append(helper.make_tensor_value_info(column, TensorProto.STRING, ["N", 1]))
-        nodes.append(helper.make_node("LabelEncoder", [column], [f"{column}_code"], domain="ai.onnx.ml",
-                                      keys_strings=list(vocabulary),
-                                      values_int64s=list(range(1, len(vocabulary) + 1)),
-                                      default_int64=UNKNOWN))
-        codes.append(f"{column}_code")
-    nodes.append(helper.make_node("Concat", codes, ["categorical"], axis=1))
-    graph = helper.make_graph(nodes, "preprocess", inputs,
-                              [helper.make_tensor_value_info("numeric", TensorProto.FLOAT, ["N", len(spec.numeric)]),
-                               helper.make_tensor_value_info("categorical", TensorProto.INT64,
-                                                             ["N", len(spec.categorical)])], inits)
+        nodes += [helper.make_node("LabelEncoder", [column], [f"{column}_code"], domain="ai.onnx.ml",
+                                   keys_strings=list(vocabulary), values_int64s=list(range(1, len(vocabulary) + 1)),
+                                   default_int64=UNKNOWN),
+                  helper.make_node("Reshape", [f"{column}_code", "flat"], [f"{column}_index"])]
+        outputs.append(helper.make_tensor_value_info(f"{column}_index", TensorProto.INT64, ["N"]))
+    graph = helper.make_graph(nodes, "preprocess", inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                    helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
                              ir_version=IR_VERSION)

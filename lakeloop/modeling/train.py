@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -27,21 +28,42 @@ from lakeloop.modeling.system import ClassifierSystem, LakeFSDataModule
 
 
 class History(Callback):
-    """Per-epoch losses, kept in the checkpoint so a resumed run still has the whole curve."""
+    """Per-epoch losses and training time, kept in the checkpoint so a resumed run has the whole curve."""
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
+        self._started = 0.0
+        self._train_seconds: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fill_train_loss(trainer)
+        self._started = time.perf_counter()
+        self._train_seconds = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fill_train_loss(trainer)
+
+    def _fill_train_loss(self, trainer: L.Trainer) -> None:
+        """The system logs an epoch's train loss after the callbacks' epoch end: pick it up next."""
+        if self.epochs and "train_loss" not in self.epochs[-1] and "train_loss" in trainer.callback_metrics:
+            self.epochs[-1]["train_loss"] = float(trainer.callback_metrics["train_loss"])
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._started and self._train_seconds is None:
+            self._train_seconds = time.perf_counter() - self._started
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
         self.epochs.append({"epoch": trainer.current_epoch,
-                            **{k: float(metrics[k]) for k in ("train_loss", "val_loss") if k in metrics}})
+                            **({"val_loss": float(metrics["val_loss"])} if "val_loss" in metrics else {})})
+        if self._train_seconds is not None:
+            self.epochs[-1]["train_seconds"] = self._train_seconds
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.epochs and "train_loss" in trainer.callback_metrics:
-            self.epochs[-1]["train_loss"] = float(trainer.callback_metrics["train_loss"])
+        if self.epochs:  # the epoch's wall time, validation included
+            self.epochs[-1]["seconds"] = time.perf_counter() - self._started
 
     def state_dict(self) -> dict:
         return {"epochs": self.epochs}

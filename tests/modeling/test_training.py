@@ -58,6 +58,8 @@ def test_two_process_ddp_matches_one_process(frame, tmp_path):
         results[devices] = launch(workdir, config)
         weights[devices] = _weights(workdir)
     assert results[2]["world_size"] == 2 and results[1]["world_size"] == 1
+    for entry in results[1]["history"]:  # a whole loss curve: every epoch has both losses
+        assert {"epoch", "train_loss", "val_loss"} <= set(entry)
     worst = max((weights[1][k] - weights[2][k]).abs().max().item() for k in weights[1])
     assert worst <= WEIGHT_TOLERANCE
     for metric, value in results[1]["test_metrics"].items():
