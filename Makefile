@@ -33,6 +33,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/training.py
+	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/gpu_train.py
 
 up: $(STAMP)
 	$(VENV)/bin/lakeloop dev up --state-dir $(STATE)

@@ -42,6 +42,8 @@ class TrainingConfig(BaseModel):
     nodes: int = Field(1, ge=1, description="Number of nodes; `torchrun --nnodes`.")
     node_rank: int = Field(0, ge=0, description="This node's rank (multi-node runs).")
     rdzv_endpoint: str | None = Field(None, description="host:port of the rendezvous (multi-node); local if empty.")
+    strategy: Literal["auto", "ddp"] = Field(
+        "auto", description="auto: DDP when more than one process, else one device; ddp: DDP even for one.")
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
         "auto", description="auto: bf16-mixed on GPUs, 32-true on CPUs.")
     work_root: str = Field(".lakeloop/training", description="Where runs keep data, checkpoints and results.")
@@ -49,7 +51,7 @@ class TrainingConfig(BaseModel):
     def run_key(self, commit_id: str) -> str:
         """Identifies a run: the data commit plus everything that changes the result (not the layout)."""
         relevant = self.model_dump(exclude={"devices", "nodes", "node_rank", "rdzv_endpoint", "work_root",
-                                            "accelerator", "precision"})
+                                            "accelerator", "precision", "strategy"})
         digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
         return f"{commit_id[:16]}-{digest}"
 

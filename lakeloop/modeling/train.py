@@ -88,7 +88,8 @@ def train(workdir: Path) -> dict:
     L.seed_everything(config.seed, workers=True, verbose=False)
     on_gpu = config.accelerator == "gpu" or (config.accelerator == "auto" and torch.cuda.is_available())
     world = config.devices * config.nodes
-    strategy = DDPStrategy(process_group_backend="nccl" if on_gpu else "gloo") if world > 1 else "auto"
+    ddp = world > 1 or config.strategy == "ddp"
+    strategy = DDPStrategy(process_group_backend="nccl" if on_gpu else "gloo") if ddp else "auto"
     net = build_net(spec, config)
     system = ClassifierSystem(net, config.learning_rate, config.weight_decay, config.pos_weight)
     data = LakeFSDataModule(str(workdir), config.global_batch_size, config.seed)
@@ -114,7 +115,8 @@ def train(workdir: Path) -> dict:
     scores = 1 / (1 + np.exp(-logits))
     result = {"test_metrics": classification_metrics(arrays["test_label"], scores), "history": history.epochs,
               "resumed": resumed, "world_size": world, "precision": _precision(config, on_gpu),
-              "accelerator": "gpu" if on_gpu else "cpu", "epochs": config.epochs}
+              "accelerator": "gpu" if on_gpu else "cpu", "epochs": config.epochs,
+              "backend": ("nccl" if on_gpu else "gloo") if ddp else "none"}
     torch.save({k: v.cpu() for k, v in net.state_dict().items()}, workdir / "model.pt")
     (workdir / "result.json.tmp").write_text(json.dumps(result, indent=2))
     os.replace(workdir / "result.json.tmp", workdir / "result.json")
