@@ -12,12 +12,16 @@ from prefect.cache_policies import NO_CACHE
 from lakeloop.compression import CompressionReport, compress
 from lakeloop.compression.compress import table_markdown
 from lakeloop.config import CompressionConfig
+from lakeloop.modeling.run import record_lineage
 
 
 @task(cache_policy=NO_CACHE)
 def build_and_measure(workdir: str, frame: pd.DataFrame, compression: CompressionConfig) -> CompressionReport:
     """Export FP32, quantize, prune + fine-tune, distil; measure each on this CPU; gate; choose."""
-    return compress(Path(workdir), frame, compression)
+    report = compress(Path(workdir), frame, compression)
+    record_lineage(Path(workdir), compression={"config": compression.model_dump(), "chosen": report.chosen,
+                                               "baseline": report.baseline, "table": report.table})
+    return report
 
 
 @task(cache_policy=NO_CACHE)

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from lakeloop.config import DataConfig, TrainingConfig
-from lakeloop.modeling.run import launch, prepare_run
+from lakeloop.modeling.run import launch, prepare_run, record_lineage
 
 
 class TrainResult(BaseModel):
@@ -47,6 +47,8 @@ def prepare_training(frame: pd.DataFrame, commit_id: str, data: DataConfig, trai
 def train_with_torchrun(workdir: str, training: TrainingConfig, data: DataConfig, commit_id: str) -> TrainResult:
     """Train under torchrun (DDP over `devices` times `nodes` processes); a retry resumes from the last checkpoint."""
     result = launch(Path(workdir), training)
+    record_lineage(Path(workdir), metrics=result["test_metrics"], history=result["history"],
+                   world_size=result["world_size"], precision=result["precision"])
     return TrainResult(workdir=workdir, data_repository=data.repository, data_commit=commit_id,
                        test_metrics={k: float(v) for k, v in result["test_metrics"].items()},
                        history=result["history"], resumed=result["resumed"], world_size=result["world_size"])

@@ -80,3 +80,14 @@ def launch(workdir: Path, config: TrainingConfig, timeout: float | None = None) 
         raise TrainingError(f"training in {workdir} failed (exit {done.returncode}); a re-run resumes from the "
                             f"last checkpoint. Last lines of {log_path}:\n{tail}", workdir=str(workdir))
     return json.loads((workdir / "result.json").read_text())
+
+
+def record_lineage(workdir: Path, **sections: object) -> dict:
+    """Add sections (metrics, compression table, ...) to the run's lineage.json; returns the whole record."""
+    path = workdir / "lineage.json"
+    lineage = json.loads(path.read_text()) if path.exists() else {}
+    lineage.update(sections)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(lineage, indent=2, default=str))
+    os.replace(tmp, path)
+    return lineage

@@ -33,6 +33,7 @@ def test_train_model_on_the_published_commit(tmp_path, data_blocks, lakefs_serve
     lineage = json.loads((Path(result.workdir) / "lineage.json").read_text())
     assert lineage["data_commit"] == published.commit_id and lineage["data_repository"] == name
     assert lineage["config"]["epochs"] == 2 and sum(lineage["rows"].values()) == 6_000
+    assert lineage["metrics"] == result.test_metrics and len(lineage["history"]) == 2
 
     artifacts = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter",
                            json={"artifacts": {"key": {"any_": ["train-model-metrics"]}}}).json()
@@ -57,6 +58,8 @@ def test_compress_model_after_training(tmp_path, data_blocks, lakefs_server):
     assert [r["name"] for r in report.table] == ["fp32", "int8-dynamic", "pruned"]
     assert report.chosen in {"fp32", "int8-dynamic", "pruned"}
     assert Path(report.chosen_path).exists()
+    lineage = json.loads((Path(run.workdir) / "lineage.json").read_text())
+    assert lineage["compression"]["chosen"] == report.chosen and lineage["metrics"] == run.test_metrics
     artifacts = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter",
                            json={"artifacts": {"key": {"any_": ["compress-model-candidates"]}}}).json()
     assert any(f"Chosen: **{report.chosen}**" in a["data"] and Path(run.workdir).name in a["description"]
