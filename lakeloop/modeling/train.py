@@ -105,6 +105,11 @@ def train(workdir: Path) -> dict:
     last = checkpoints / "last.ckpt"
     resumed = last.exists()
     trainer.fit(system, data, ckpt_path=str(last) if resumed else None)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every rank leaves the process group together: a rank that exits while the group is alive
+        # dies in gloo's teardown ("terminate called without an active exception", SIGABRT).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     if trainer.global_rank != 0:
         return {}
     net.eval()
