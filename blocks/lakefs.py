@@ -8,6 +8,7 @@ from pydantic import Field
 
 from blocks.vault import VaultConnection
 from lakeloop.data import lakefs_client
+from lakeloop.registry import Registry, VaultSigner
 from lakeloop.secrets import LAKEFS_PATH
 
 
@@ -28,3 +29,9 @@ class LakeFSConnection(Block):
         """An SDK client authenticated with keys read from Vault now."""
         return lakefs_client(self.endpoint, self.vault.client(), self.credentials_path,
                              self.credentials_version)
+
+    def registry(self, repository: str, storage_namespace: str | None = None) -> Registry:
+        """The model registry in `repository`, signing and verifying with this block's Vault."""
+        vault = self.vault.client()
+        client = lakefs_client(self.endpoint, vault, self.credentials_path, self.credentials_version)
+        return Registry(client, repository, VaultSigner(vault), storage_namespace)

@@ -10,11 +10,13 @@ from pydantic import BaseModel
 
 from flows.compress import compress_model
 from flows.ingest import ingest_data
+from flows.register import register
 from flows.train import train_model
 from lakeloop.compression import CompressionReport
-from lakeloop.config import CompressionConfig, DataConfig, TrainingConfig
+from lakeloop.config import CompressionConfig, DataConfig, RegistryConfig, TrainingConfig
 from lakeloop.data.generate import generate_transactions
 from lakeloop.errors import DataValidationError
+from lakeloop.registry import ModelVersion
 from tasks.training import TrainResult
 
 
@@ -45,13 +47,15 @@ class DemoResult(BaseModel):
     batches: list[BatchOutcome]
     training: TrainResult | None = None
     compression: CompressionReport | None = None
+    registered: ModelVersion | None = None
 
 
 @flow(name="demo", log_prints=True)
 def demo(workdir: str = ".lakeloop/samples", rows: int = 20_000, seed: int = 7, epochs: int = 4,
          data: DataConfig | None = None) -> DemoResult:
     """The loop as far as it exists: ingest a good and a broken batch (one published, one
-    quarantined), train on the published commit, then build, measure and choose compressed models."""
+    quarantined), train on the published commit, build, measure and choose compressed models, and
+    register the chosen one, signed, in the lakeFS model registry."""
     data = data or DataConfig()
     logger = get_run_logger()
     outcomes = []
@@ -76,4 +80,5 @@ def demo(workdir: str = ".lakeloop/samples", rows: int = 20_000, seed: int = 7, 
     training = TrainingConfig(epochs=epochs, seed=seed, work_root=str(Path(workdir).parent / "training"))
     run = train_model(data=data, training=training)
     report = compress_model(run, data=data, compression=CompressionConfig())
-    return DemoResult(batches=outcomes, training=run, compression=report)
+    version = register(run.workdir, report, RegistryConfig())
+    return DemoResult(batches=outcomes, training=run, compression=report, registered=version)

@@ -70,3 +70,12 @@ class CompressionConfig(BaseModel):
     distill_epochs: int = Field(4, ge=1, description="Epochs of distillation.")
     calibration_rows: int = Field(2048, ge=64, description="Training rows used to calibrate static quantization.")
     latency_repeat: int = Field(200, ge=10, description="Timed runs per latency measurement.")
+
+
+class RegistryConfig(BaseModel):
+    """Where model versions live."""
+
+    repository: str = Field("lakeloop-models", description="lakeFS repository of the model registry.")
+    model_name: str = Field("fraud", description="Registered model name.")
+    storage_namespace: str | None = Field(None, description="Used if the repository must be created.")
+    lakefs_block: str = Field("lakeloop-lakefs", description="LakeFSConnection block (its Vault signs manifests).")

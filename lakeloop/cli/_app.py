@@ -26,6 +26,8 @@ dev = typer.Typer(help="The embedded stack: Prefect server, OpenBao (Vault) and 
 data = typer.Typer(help="Sample data and ingestion into lakeFS.", no_args_is_help=True)
 app.add_typer(dev, name="dev")
 app.add_typer(data, name="data")
+models = typer.Typer(help="The signed model registry in lakeFS: versions, aliases, lineage.", no_args_is_help=True)
+app.add_typer(models, name="models")
 console = Console(stderr=True)
 out = Console()
 
@@ -260,6 +262,99 @@ def _print_demo(result) -> None:
                           "[green]passed[/]" if row["passed"] else f"[yellow]{row['reason']}[/]")
         out.print(table)
         out.print(f"chosen: [bold]{report.chosen}[/] → {report.chosen_path}")
+    if result.registered is not None:
+        v = result.registered
+        out.print(f"\n[bold]4. register-model[/]: {v.name} v{v.version} ({v.manifest['variant']}) signed and committed "
+                  f"at {v.commit_id[:12]}; see `lakeloop models lineage --alias ...` once promoted")
+
+
+ModelName = Annotated[str, typer.Option("--name", help="Registered model name.")]
+RegistryRepo = Annotated[str, typer.Option("--registry", help="lakeFS repository of the registry.")]
+
+
+@contextmanager
+def _registry(state_dir: Path, repository: str) -> Iterator:
+    from blocks import LakeFSConnection
+
+    with _prefect_api(state_dir):
+        yield LakeFSConnection.load("lakeloop-lakefs").registry(repository)
+
+
+def _actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+@models.command("list")
+def models_list(name: ModelName = "fraud", registry: RegistryRepo = "lakeloop-models",
+                state_dir: StateDir = DEFAULT_STATE) -> None:
+    """Every version with its aliases, registration time and primary metric."""
+    from lakeloop.registry import ALIASES
+
+    with _registry(state_dir, registry) as reg:
+        versions = reg.versions(name)
+        aliases = {a: reg.alias(name, a) for a in ALIASES}
+        table = Table("version", "aliases", "variant", "registered", "PR AUC", title=f"{name} in {registry}")
+        for v in versions:
+            manifest = reg.manifest(name, v)
+            tags = ", ".join(a for a, target in aliases.items() if target == v)
+            table.add_row(f"v{v}", tags, manifest.get("variant", ""), manifest["registered_at"],
+                          f"{manifest.get('metrics', {}).get('pr_auc', float('nan')):.4f}")
+    out.print(table if versions else f"{name} has no versions in {registry}")
+
+
+@models.command("show")
+def models_show(version: Annotated[int, typer.Argument(help="Version number.")], name: ModelName = "fraud",
+                registry: RegistryRepo = "lakeloop-models", state_dir: StateDir = DEFAULT_STATE) -> None:
+    """The verified manifest of one version (signature checked)."""
+    import json
+
+    with _registry(state_dir, registry) as reg:
+        out.print_json(json.dumps(reg.manifest(name, version)))
+
+
+@models.command("lineage")
+def models_lineage(name: ModelName = "fraud", alias: Annotated[str, typer.Option(help="Alias to explain.")] =
+                   "production", registry: RegistryRepo = "lakeloop-models",
+                   state_dir: StateDir = DEFAULT_STATE) -> None:
+    """Where did this model come from: data commit, code version, config, metrics, who promoted it."""
+    with _registry(state_dir, registry) as reg:
+        version = reg.alias(name, alias)
+        if version is None:
+            raise LakeloopError(f"{name}@{alias} is not set: promote a version first "
+                                f"(`lakeloop models promote VERSION --alias {alias}`)")
+        m = reg.manifest(name, version)
+        history = reg.history(name, alias)
+    lineage, metrics = m.get("lineage", {}), m.get("metrics", {})
+    out.print(f"[bold]{name}@{alias}[/] = v{version} ({m.get('variant', '?')}), signature verified")
+    out.print(f"  data     {lineage.get('data_repository')}@{lineage.get('data_commit')}  rows {lineage.get('rows')}")
+    out.print(f"  code     {lineage.get('code_version')}")
+    out.print(f"  config   {lineage.get('config')}", soft_wrap=True)
+    out.print("  metrics  " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    out.print(f"  registered {m['registered_at']} by {m['registered_by']}")
+    for move in history:
+        out.print(f"  moved to v{move['version']} by {move['actor'] or '?'}: {move['message']}", soft_wrap=True)
+
+
+@models.command("promote")
+def models_promote(version: Annotated[int, typer.Argument(help="Version number.")], name: ModelName = "fraud",
+                   alias: Annotated[str, typer.Option(help="production, staging or previous.")] = "production",
+                   reason: Annotated[str, typer.Option(help="Why: goes into the audit trail.")] = "",
+                   registry: RegistryRepo = "lakeloop-models", state_dir: StateDir = DEFAULT_STATE) -> None:
+    """Point an alias at a version (one lakeFS commit: the audit trail)."""
+    with _registry(state_dir, registry) as reg:
+        commit = reg.promote(name, version, alias, _actor(), reason)
+    out.print(f"{name}@{alias} → v{version} (commit {commit[:12]})")
+
+
+@models.command("rollback")
+def models_rollback(name: ModelName = "fraud", reason: Annotated[str, typer.Option(help="Why.")] = "rollback",
+                    registry: RegistryRepo = "lakeloop-models", state_dir: StateDir = DEFAULT_STATE) -> None:
+    """Production goes back to the previous production version."""
+    with _registry(state_dir, registry) as reg:
+        version = reg.rollback(name, _actor(), reason)
+    out.print(f"{name}@production → v{version} (rolled back)")
 
 
 def main() -> None:

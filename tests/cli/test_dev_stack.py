@@ -76,6 +76,7 @@ def test_demo_runs_the_loop_and_stops_what_it_started(state_dir):
     assert "jane.doe@example.org" not in demo.stdout + demo.stderr
     assert "2. train-model on lakeloop-data@" in flat and "test PR AUC" in flat
     assert "3. compress-model" in flat and "chosen:" in flat
+    assert "4. register-model: fraud v1" in flat
     for candidate in ("fp32", "int8-dynamic", "int8-static-qdq", "pruned", "distilled"):
         assert candidate in flat
     assert not (state_dir / "stack.json").exists()
