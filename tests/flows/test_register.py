@@ -5,18 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL
 
 from flows.compress import compress_model
-from flows.ingest import ingest_data
 from flows.register import register
 from flows.train import train_model
-from lakeloop.config import CompressionConfig, DataConfig, RegistryConfig, TrainingConfig
-from lakeloop.data.generate import generate_transactions
+from lakeloop.config import CompressionConfig, RegistryConfig, TrainingConfig
 
 pytestmark = pytest.mark.lakefs
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,12 +25,9 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_register_then_promote_lineage_rollback(tmp_path, data_blocks, lakefs_server):
-    name = f"g-{uuid.uuid4().hex[:8]}"
-    data = DataConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
-    batch = tmp_path / "batch.parquet"
-    generate_transactions(4_000, seed=29).to_parquet(batch)
-    published = ingest_data(str(batch), data=data)
+def test_register_then_promote_lineage_rollback(tmp_path, publish, lakefs_server):
+    data, published = publish(4_000, 29)
+    name = data.repository
     run = train_model(data=data, training=TrainingConfig(epochs=1, work_root=str(tmp_path / "runs")))
     report = compress_model(run, compression=CompressionConfig(latency_repeat=10, candidates=["int8-dynamic"]))
     registry = RegistryConfig(repository=f"{name}-models",

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from flows.ingest import ingest_data
 from flows.train import train_model
 from lakeloop.config import DataConfig, TrainingConfig
-from lakeloop.data.generate import generate_transactions
 
 pytestmark = pytest.mark.lakefs
 
 
-def test_train_model_on_the_published_commit(tmp_path, data_blocks, lakefs_server):
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    data = DataConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
-    batch = tmp_path / "batch.parquet"
-    generate_transactions(6_000, seed=17).to_parquet(batch)
-    published = ingest_data(str(batch), data=data)
+def test_train_model_on_the_published_commit(tmp_path, publish):
+    data, published = publish(6_000, 17)
+    name = data.repository
     training = TrainingConfig(epochs=2, work_root=str(tmp_path / "runs"))
 
     result = train_model(data=data, training=training)
@@ -43,15 +37,11 @@ def test_train_model_on_the_published_commit(tmp_path, data_blocks, lakefs_serve
     assert again.test_metrics == result.test_metrics and again.resumed
 
 
-def test_compress_model_after_training(tmp_path, data_blocks, lakefs_server):
+def test_compress_model_after_training(tmp_path, publish):
     from flows.compress import compress_model
     from lakeloop.config import CompressionConfig
 
-    name = f"c-{uuid.uuid4().hex[:10]}"
-    data = DataConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
-    batch = tmp_path / "batch.parquet"
-    generate_transactions(8_000, seed=23).to_parquet(batch)
-    ingest_data(str(batch), data=data)
+    data, _ = publish(8_000, 23)
     run = train_model(data=data, training=TrainingConfig(epochs=2, work_root=str(tmp_path / "runs")))
     report = compress_model(run, data=DataConfig(),  # the repository comes from the run itself
                             compression=CompressionConfig(latency_repeat=20, candidates=["int8-dynamic", "pruned"]))

@@ -1,0 +1,26 @@
+"""Fixtures for flow tests: a fresh data repository with one published batch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from flows.ingest import IngestResult, ingest_data
+from lakeloop.config import DataConfig
+from lakeloop.data.generate import generate_transactions
+
+
+@pytest.fixture
+def publish(tmp_path, data_blocks, lakefs_server) -> Callable[[int, int], tuple[DataConfig, IngestResult]]:
+    """publish(rows, seed) → (config of a new repository, the ingest result of one generated batch)."""
+
+    def _publish(rows: int, seed: int) -> tuple[DataConfig, IngestResult]:
+        name = f"p-{uuid.uuid4().hex[:10]}"
+        data = DataConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
+        batch = tmp_path / f"batch-{seed}.parquet"
+        generate_transactions(rows, seed=seed).to_parquet(batch)
+        return data, ingest_data(str(batch), data=data)
+
+    return _publish
