@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -72,6 +73,27 @@ class History(Callback):
         self.epochs = list(state_dict["epochs"])
 
 
+def _resume_point(checkpoints: Path) -> Path | None:
+    """The newest checkpoint that loads: `last.ckpt`, else the latest `epoch=N.ckpt`.
+
+    A process killed while writing a checkpoint leaves a truncated file; resuming from the
+    previous complete one gives the same final result (training is deterministic).
+    """
+    if not checkpoints.exists():
+        return None
+    epochs = sorted(checkpoints.glob("epoch=*.ckpt"), key=lambda p: int(p.stem.split("=")[1]), reverse=True)
+    for candidate in [checkpoints / "last.ckpt", *epochs]:
+        if not candidate.exists():
+            continue
+        try:
+            torch.load(candidate, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a truncated or corrupt file: fall back to an older checkpoint
+            print(f"skipping unreadable checkpoint {candidate.name}: {type(exc).__name__}", file=sys.stderr)
+            continue
+        return candidate
+    return None
+
+
 def build_net(spec: FeatureSpec, config: TrainingConfig) -> TabularNet:
     return TabularNet(len(spec.numeric), spec.cardinalities, config.embedding_dim, tuple(config.hidden))
 
@@ -102,9 +124,9 @@ def train(workdir: Path) -> dict:
         enable_model_summary=False, default_root_dir=str(workdir),
         callbacks=[ModelCheckpoint(dirpath=checkpoints, filename="epoch={epoch}", auto_insert_metric_name=False,
                                    save_top_k=-1, every_n_epochs=1, save_last=True), history])
-    last = checkpoints / "last.ckpt"
-    resumed = last.exists()
-    trainer.fit(system, data, ckpt_path=str(last) if resumed else None)
+    resume_from = _resume_point(checkpoints)
+    resumed = resume_from is not None
+    trainer.fit(system, data, ckpt_path=str(resume_from) if resumed else None)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Every rank leaves the process group together: a rank that exits while the group is alive
         # dies in gloo's teardown ("terminate called without an active exception", SIGABRT).

@@ -106,3 +106,14 @@ def test_a_failing_run_reports_its_log(frame, tmp_path):
     (workdir / "arrays.npz").write_bytes(b"not numpy")
     with pytest.raises(TrainingError, match=r"failed .*a re-run resumes"):
         launch(workdir, config)
+
+
+def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(frame, tmp_path):
+    config = TrainingConfig(epochs=4, seed=6, work_root=str(tmp_path))
+    workdir = prepare_run(frame, COMMIT, config, {})
+    straight = launch(workdir, config)
+    (workdir / "checkpoints" / "last.ckpt").write_bytes(b"cut off by a kill")  # a kill mid-write
+    (workdir / "checkpoints" / "epoch=3.ckpt").unlink()
+    again = launch(workdir, config)
+    assert again["resumed"] and again["test_metrics"] == straight["test_metrics"]
+    assert "skipping unreadable checkpoint last.ckpt" in (workdir / "train.log").read_text()
