@@ -70,9 +70,10 @@ def repo(lakefs_server: LakeFSEndpoint) -> Iterator[lakefs.Repository]:
 
 
 def embedded_only(server: LakeFSEndpoint) -> None:
-    """For tests of the embedded server's own storage (restart, crash): a real lakeFS has its own."""
+    """For tests of the embedded server itself (storage, crashes, loopback webhooks); a real lakeFS is
+    tested for the same behaviour through the other tests."""
     if not server.embedded:
-        pytest.skip("tests the embedded server's storage; not applicable to a real lakeFS")
+        pytest.skip("tests the embedded server itself (storage, loopback webhook); not for a real lakeFS")
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +101,3 @@ def table_markdown(report: CompressionReport) -> str:
                      f"{row['latency_b1_ms']:.3f} | {row['latency_b64_ms']:.3f} | {parity} | {row['reason']} |")
     return "\n".join(lines) + "\n"
 
-
-def load_report(workdir: Path) -> CompressionReport:
-    return CompressionReport.model_validate(json.loads((workdir / "compression.json").read_text()))

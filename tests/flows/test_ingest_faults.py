@@ -25,6 +25,7 @@ from lakeloop.data.generate import generate_transactions
 from lakeloop.devstack import _proc
 from lakeloop.errors import LakeFSError, MergeConflictError, VaultPermissionError, VaultUnreachableError
 from tests._loopback import LoopbackServer
+from tests.conftest import embedded_only
 
 pytestmark = pytest.mark.lakefs
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,8 +126,7 @@ def _repo_with_mover(server, config: DataConfig, path: str) -> tuple[lakefs.Repo
 
 
 def test_main_moved_during_ingest_still_merges_correctly(batch, data_blocks, lakefs_server):
-    if not lakefs_server.embedded:
-        pytest.skip("drives the race through the embedded server's webhook; a real lakeFS needs a public hook")
+    embedded_only(lakefs_server)  # the race runs through a loopback webhook a real lakeFS cannot reach
     config = _config(data_blocks)
     repo, mover = _repo_with_mover(lakefs_server, config, "other/concurrent.txt")
     result = ingest_data(str(batch), data=config)
@@ -139,8 +139,7 @@ def test_main_moved_during_ingest_still_merges_correctly(batch, data_blocks, lak
 
 
 def test_main_moved_on_the_same_path_is_a_clear_conflict(batch, data_blocks, lakefs_server):
-    if not lakefs_server.embedded:
-        pytest.skip("drives the race through the embedded server's webhook; a real lakeFS needs a public hook")
+    embedded_only(lakefs_server)  # the race runs through a loopback webhook a real lakeFS cannot reach
     config = _config(data_blocks)
     from lakeloop.data._wap import batch_id_of, data_path
 
