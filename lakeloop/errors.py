@@ -15,7 +15,8 @@
     ├── TrainingError
     ├── CompressionGateError
     ├── RegistryError
-    └── DeploymentError
+    ├── DeploymentError
+    └── ServingError
 
 Messages name the bad value, where it was, and what to do. No message ever carries a
 secret value.
@@ -103,3 +104,7 @@ class RegistryError(LakeloopError):
 
 class DeploymentError(LakeloopError):
     """A deployment failed and was rolled back."""
+
+
+class ServingError(LakeloopError):
+    """The model server could not load, verify or serve a model."""

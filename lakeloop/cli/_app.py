@@ -357,6 +357,100 @@ def models_rollback(name: ModelName = "fraud", reason: Annotated[str, typer.Opti
     out.print(f"{name}@production → v{version} (rolled back)")
 
 
+def _cpu_list(text: str | None) -> list[int] | None:
+    """'0', '0,2' or '0-3' → CPU numbers."""
+    if not text:
+        return None
+    cpus: list[int] = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            cpus.extend(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise LakeloopError(f"invalid --cpus {text!r}: expected e.g. '0', '0,2' or '0-3'") from None
+    return cpus
+
+
+@app.command("serve")
+def serve(
+    onnx: Annotated[Path | None, typer.Option(help="Serve this local ONNX file (edge and dev use).")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name in the V2 URLs (default: the file name or --model).")]
+    = None,
+    model: Annotated[str | None, typer.Option(help="Serve this registered model (verified, hot-swapped).")] = None,
+    alias: Annotated[str, typer.Option(help="Registry alias to follow.")] = "production",
+    registry: RegistryRepo = "lakeloop-models",
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 in a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    workers: Annotated[int, typer.Option(help="Worker processes; 0: one per CPU it may use.")] = 0,
+    cpus: Annotated[str | None, typer.Option(help="Pin to these CPUs, e.g. '0' or '0-3'.")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most rows one request may carry.")] = 1024,
+    api_key: Annotated[list[str] | None, typer.Option(
+        help="An accepted API key (repeatable). Default: LAKELOOP_API_KEYS (comma-separated), else Vault.")] = None,
+    intra_op_threads: Annotated[int, typer.Option(min=0, help="ORT threads inside an operator.")] = 1,
+    inter_op_threads: Annotated[int, typer.Option(min=0, help="ORT threads across operators.")] = 1,
+    graph_optimization: Annotated[str, typer.Option(help="disable, basic, extended or all.")] = "all",
+    cache_dir: Annotated[Path, typer.Option(help="Downloaded models and optimised graphs.")] = Path(
+        ".lakeloop/serving"),
+    log_dir: Annotated[Path | None, typer.Option(help="Write inference logs here when there is no lakeFS.")] = None,
+    inference_logs: Annotated[bool, typer.Option(help="Log inputs and outputs for drift monitoring.")] = True,
+    log_interval: Annotated[float, typer.Option(help="Seconds between inference-log objects.")] = 10.0,
+    log_repository: Annotated[str, typer.Option(help="lakeFS repository of the inference logs.")] = "lakeloop-data",
+    log_storage_namespace: Annotated[str | None, typer.Option(
+        help="Storage namespace to create the log repository with, if it does not exist.")] = None,
+    poll_seconds: Annotated[float, typer.Option(help="How often the alias and API keys are re-read.")] = 5.0,
+    lakefs_endpoint: Annotated[str | None, typer.Option(envvar="LAKELOOP_LAKEFS_URL",
+                                                        help="lakeFS URL (keys come from Vault).")] = None,
+    vault_addr: Annotated[str | None, typer.Option(envvar="VAULT_ADDR", help="Vault address.")] = None,
+    vault_approle_file: Annotated[str | None, typer.Option(
+        envvar="LAKELOOP_SERVING_APPROLE_FILE", help="JSON file with the serving AppRole's role_id and secret_id.")]
+    = None,
+    vault_auth: Annotated[str | None, typer.Option(help="token, approle or kubernetes (default: from what is set).")]
+    = None,
+    vault_role: Annotated[str | None, typer.Option(help="Vault role for Kubernetes auth.")] = None,
+) -> None:
+    """Serve an ONNX model on the Open Inference Protocol v2 (REST) with ONNX Runtime on CPU.
+
+    `--onnx FILE` serves a local file; `--model NAME` serves NAME@--alias from the signed registry
+    in lakeFS and swaps versions when the alias moves. Needs only the `serve` extra.
+    """
+    from pydantic import SecretStr, ValidationError
+
+    from lakeloop.serving import ServeSettings, Tuning, run, vault_settings
+
+    if (onnx is None) == (model is None):
+        raise LakeloopError("give exactly one of --onnx FILE or --model NAME")
+    if onnx is not None and not onnx.is_file():
+        raise LakeloopError(f"--onnx {onnx}: no such file")
+    keys = api_key or [k.strip() for k in os.environ.get("LAKELOOP_API_KEYS", "").split(",") if k.strip()]
+    has_vault_credentials = bool(vault_approle_file or vault_role or vault_auth or os.environ.get("VAULT_ROLE_ID")
+                                 or os.environ.get("VAULT_TOKEN"))
+    use_vault = bool(vault_addr) and (model is not None or (has_vault_credentials and not keys))
+    try:
+        settings = ServeSettings(
+            name=name or model or onnx.stem, onnx=str(onnx) if onnx else None, from_registry=model is not None,
+            alias=alias, registry=registry, host=host, port=port, workers=workers, cpus=_cpu_list(cpus),
+            max_batch=max_batch, poll_seconds=poll_seconds,
+            tuning=Tuning(intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
+                          graph_optimization=graph_optimization, cache_dir=str(cache_dir / "optimized")),
+            api_keys=[SecretStr(k) for k in keys] if not use_vault else [],
+            vault=vault_settings(vault_addr, vault_auth, vault_approle_file, vault_role) if use_vault else None,
+            lakefs_endpoint=lakefs_endpoint if use_vault else None, log_repository=log_repository,
+            log_storage_namespace=log_storage_namespace,
+            log_dir=str(log_dir) if log_dir else None, log_interval=log_interval, inference_logs=inference_logs,
+            cache_dir=str(cache_dir))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise LakeloopError(f"invalid serve option {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    from lakeloop.serving._main import describe, workers_for
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.print(f"serving [bold]{settings.name}[/] on http://{host}:{port}/v2 "
+                  f"({workers_for(settings)} worker(s))", highlight=False)
+    for line in describe(settings):
+        console.print(f"  {line}", highlight=False)
+    run(settings)
+
+
 def main() -> None:
     """Console entry point: lakeloop errors become one clear line and exit code 1."""
     try:

@@ -158,10 +158,14 @@ def _start_lakefs(state_dir: Path, key_id: str, secret: str) -> Service:
 
 
 def _write_env(state_dir: Path, services: dict[str, Service]) -> None:
-    """`source .lakeloop/env` points a shell (Prefect CLI, flows) at the stack. No secrets in it."""
+    """`source .lakeloop/env` points a shell (Prefect CLI, flows, `lakeloop serve`) at the stack.
+
+    No secrets in it: the serving AppRole is a path to its 0600 credentials file.
+    """
     lines = [f"export PREFECT_API_URL={services['prefect'].url}/api",
              f"export VAULT_ADDR={services['vault'].url}",
-             f"export LAKELOOP_LAKEFS_URL={services['lakefs'].url}"]
+             f"export LAKELOOP_LAKEFS_URL={services['lakefs'].url}",
+             f"export LAKELOOP_SERVING_APPROLE_FILE={state_dir / 'vault' / 'serving.approle.json'}"]
     (state_dir / ENV_FILE).write_text("\n".join(lines) + "\n")
 
 

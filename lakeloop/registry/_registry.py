@@ -18,7 +18,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -205,12 +205,22 @@ class Registry:
                                 "signed by another key): refusing to load it")
         return json.loads(payload)
 
-    def fetch(self, name: str, version: int, dest: Path) -> tuple[dict, Path]:
-        """Download a verified version: signature first, then every file's sha256."""
+    def fetch(self, name: str, version: int, dest: Path, only: Collection[str] | None = None) -> tuple[dict, Path]:
+        """Download a verified version: signature first, then each file's sha256.
+
+        Args:
+            only: download just these files (e.g. the server needs `model.onnx`, not the checkpoint).
+        """
         manifest = self.manifest(name, version)
+        missing = sorted(set(only or ()) - set(manifest["files"]))
+        if missing:
+            raise RegistryError(f"{name} v{version} has no {', '.join(missing)} "
+                                f"(files: {', '.join(manifest['files'])})")
         dest.mkdir(parents=True, exist_ok=True)
         main = self._main()
         for rel, expected in manifest["files"].items():
+            if only is not None and rel not in only:
+                continue
             digest = hashlib.sha256()
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)

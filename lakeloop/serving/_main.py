@@ -1,0 +1,161 @@
+"""`lakeloop serve`: settings, wiring (Vault, lakeFS, registry, logs) and the uvicorn process(es)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import uvicorn
+from pydantic import BaseModel, Field, SecretStr
+
+from lakeloop.errors import ConfigError
+from lakeloop.secrets import LAKEFS_PATH, SERVING_PATH, VaultClient, VaultSettings
+from lakeloop.serving._logs import DirectorySink, InferenceLogger, LakeFSSink
+from lakeloop.serving._model import Tuning
+from lakeloop.serving._server import ModelServer
+from lakeloop.serving._sources import FileSource, ModelSource, RegistrySource
+
+log = logging.getLogger("lakeloop.serving")
+SETTINGS_ENV = "LAKELOOP_SERVE_SETTINGS"  # how the parent hands settings to uvicorn's worker processes
+
+
+class ServeSettings(BaseModel):
+    """Everything `lakeloop serve` needs; the CLI fills it from flags and environment."""
+
+    name: str = Field(description="Model name in the V2 URLs (and in the registry with --model).")
+    onnx: str | None = Field(None, description="Serve this local ONNX file.")
+    from_registry: bool = Field(False, description="Serve `name@alias` from the signed registry.")
+    alias: str = "production"
+    registry: str = "lakeloop-models"
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(0, ge=0, description="Worker processes (0: one per CPU this process may use).")
+    cpus: list[int] | None = Field(None, description="Pin the server to these CPUs.")
+    max_batch: int = Field(1024, ge=1)
+    poll_seconds: float = Field(5.0, gt=0, description="How often the alias and API keys are re-read.")
+    tuning: Tuning = Tuning()
+    api_keys: list[SecretStr] = Field([], description="Keys from --api-key / LAKELOOP_API_KEYS (no Vault).")
+    vault: VaultSettings | None = None
+    lakefs_endpoint: str | None = None
+    log_repository: str = "lakeloop-data"
+    log_branch: str = "inference-logs"
+    log_storage_namespace: str | None = Field(None, description="For creating the log repository if missing.")
+    log_dir: str | None = None
+    log_interval: float = Field(10.0, gt=0)
+    inference_logs: bool = True
+    cache_dir: str = ".lakeloop/serving"
+
+
+def vault_settings(address: str | None, auth: str | None = None, approle_file: str | None = None,
+                   kubernetes_role: str | None = None) -> VaultSettings | None:
+    """Vault settings from flags/environment: AppRole from a JSON file (`dev up` writes one per
+    consumer) or VAULT_ROLE_ID/VAULT_SECRET_ID, a token from VAULT_TOKEN, or Kubernetes auth."""
+    if not address:
+        return None
+    if approle_file:
+        return VaultSettings(address=address, auth_method="approle", role_id_ref=f"file:{approle_file}#role_id",
+                             secret_id_ref=f"file:{approle_file}#secret_id")
+    method = auth or ("kubernetes" if kubernetes_role else "approle" if os.environ.get("VAULT_ROLE_ID") else "token")
+    return VaultSettings(address=address, auth_method=method, kubernetes_role=kubernetes_role)
+
+
+def build(settings: ServeSettings) -> ModelServer:
+    """Wire a ModelServer from settings: fail fast, with the fix, on anything missing."""
+    vault = VaultClient(settings.vault) if settings.vault else None
+    lakefs_client = None
+    if settings.lakefs_endpoint:
+        if vault is None:
+            raise ConfigError("--lakefs-endpoint needs Vault (VAULT_ADDR): the lakeFS keys are read from Vault")
+        from lakeloop.data._lakefs import lakefs_client as make_client
+
+        lakefs_client = make_client(settings.lakefs_endpoint, vault, LAKEFS_PATH)
+    source: ModelSource
+    if settings.from_registry:
+        if lakefs_client is None or vault is None:
+            raise ConfigError("serving from the registry needs lakeFS and Vault: set LAKELOOP_LAKEFS_URL (or "
+                              "--lakefs-endpoint) and VAULT_ADDR with credentials (e.g. `source .lakeloop/env`)")
+        from lakeloop.registry import Registry, VaultSigner
+
+        registry = Registry(lakefs_client, settings.registry, VaultSigner(vault))
+        source = RegistrySource(registry, settings.name, settings.alias, Path(settings.cache_dir) / "models")
+    else:
+        if not settings.onnx:
+            raise ConfigError("give --onnx FILE or --model NAME")
+        source = FileSource(Path(settings.onnx))
+    keys = None
+    if vault is not None:
+        def keys() -> frozenset[str]:
+            return frozenset(k.strip() for k in vault.read_key(SERVING_PATH, "api_keys").split(",") if k.strip())
+    elif settings.api_keys:
+        fixed = frozenset(k.get_secret_value() for k in settings.api_keys)
+
+        def keys() -> frozenset[str]:
+            return fixed
+    inference_log = None
+    if settings.inference_logs:
+        sink = (LakeFSSink(lakefs_client, settings.log_repository, settings.log_branch,
+                                  storage_namespace=settings.log_storage_namespace) if lakefs_client is not None
+                else DirectorySink(Path(settings.log_dir)) if settings.log_dir else None)
+        if sink is not None:
+            inference_log = InferenceLogger(sink, interval=settings.log_interval)
+    return ModelServer(settings.name, source, settings.tuning, settings.max_batch, keys, inference_log,
+                       settings.poll_seconds)
+
+
+def app_from_environment():
+    """uvicorn factory for worker processes: settings come from the parent through the environment."""
+    from lakeloop.serving._app import create_app
+
+    settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
+    return create_app(build(settings))
+
+
+def describe(settings: ServeSettings) -> list[str]:
+    """What the server will do, for the start-up banner (no secrets)."""
+    source = (f"{settings.registry}: {settings.name}@{settings.alias} (signed, verified on load)"
+              if settings.from_registry else settings.onnx)
+    auth = ("API keys from Vault" if settings.vault else
+            f"{len(settings.api_keys)} API key(s) from --api-key/LAKELOOP_API_KEYS" if settings.api_keys else
+            "NONE: anyone who can reach the port can use it (give --api-key or Vault)")
+    logs = (f"lakefs://{settings.log_repository}/{settings.log_branch}" if settings.lakefs_endpoint else
+            settings.log_dir or "off (no lakeFS and no --log-dir)") if settings.inference_logs else "off"
+    return [f"model    {source}", f"auth     {auth}", f"logs     {logs}"]
+
+
+def workers_for(settings: ServeSettings) -> int:
+    if settings.workers:
+        return settings.workers
+    return len(settings.cpus) if settings.cpus else len(os.sched_getaffinity(0))
+
+
+def run(settings: ServeSettings) -> None:
+    """Serve until interrupted: one process, or a uvicorn supervisor with `workers` processes."""
+    if settings.cpus:
+        try:
+            os.sched_setaffinity(0, settings.cpus)  # workers inherit it
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot pin to CPUs {settings.cpus}: {exc} (this machine has "
+                              f"{sorted(os.sched_getaffinity(0))})") from exc
+    if not settings.api_keys and settings.vault is None:
+        log.warning("serving WITHOUT authentication: give --api-key, LAKELOOP_API_KEYS or Vault (VAULT_ADDR)")
+    workers = workers_for(settings)
+    common = {"host": settings.host, "port": settings.port, "access_log": False, "log_level": "info",
+              "timeout_keep_alive": 30, "timeout_graceful_shutdown": 10}
+    if workers == 1:
+        from lakeloop.serving._app import create_app
+
+        server = build(settings)
+        uvicorn.run(create_app(server), **common)
+        return
+    build(settings)  # fail fast in the parent on bad settings, before starting workers
+    os.environ[SETTINGS_ENV] = _settings_json(settings)
+    uvicorn.run("lakeloop.serving._main:app_from_environment", factory=True, workers=workers, **common)
+
+
+def _settings_json(settings: ServeSettings) -> str:
+    """Settings for the workers, keys included (SecretStr would mask them): parent → child environment only."""
+    data = settings.model_dump(mode="json")
+    data["api_keys"] = [k.get_secret_value() for k in settings.api_keys]
+    return json.dumps(data)

@@ -1,0 +1,120 @@
+"""Fixtures for the model server: real ONNX models and `lakeloop serve` started as users start it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from lakeloop.devstack import _proc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def raw_feature_model(path: Path, seed: int = 0) -> Path:
+    """An untrained raw-feature fraud model, exported exactly as compress-model exports one."""
+    import torch
+
+    from lakeloop.compression import export_onnx
+    from lakeloop.data.generate import generate_transactions
+    from lakeloop.modeling.features import FeatureSpec
+    from lakeloop.modeling.nets import TabularNet
+
+    spec = FeatureSpec.fit(generate_transactions(500, seed=1))
+    torch.manual_seed(seed)
+    return export_onnx(TabularNet(len(spec.numeric), spec.cardinalities).eval(), spec, path)
+
+
+def nan_on_zero_amount(source: Path, path: Path) -> Path:
+    """A copy whose probability is NaN when amount is 0 (probability * amount / amount): a model
+    that looks fine on real rows but fails the server's smoke inference."""
+    model = onnx.load(source)
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["probability_raw" if o == "probability" else o for o in node.output]
+    graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "squeeze_axis"))
+    graph.node.extend([helper.make_node("Div", ["amount", "amount"], ["amount_ratio"]),
+                       helper.make_node("Squeeze", ["amount_ratio", "squeeze_axis"], ["amount_ratio_flat"]),
+                       helper.make_node("Mul", ["probability_raw", "amount_ratio_flat"], ["probability"])])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    return raw_feature_model(tmp_path_factory.mktemp("models") / "fraud.onnx")
+
+
+def rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Real generated rows as the model's named inputs ([n, 1] each)."""
+    from lakeloop.compression import onnx_inputs
+    from lakeloop.data.generate import generate_transactions
+    from lakeloop.modeling.features import FeatureSpec
+
+    frame = generate_transactions(max(n, 50), seed=seed).head(n)
+    return onnx_inputs(frame, FeatureSpec.fit(generate_transactions(500, seed=1)))
+
+
+class Served:
+    def __init__(self, url: str, process: subprocess.Popen, log: Path) -> None:
+        self.url, self.process, self.log = url, process, log
+
+    @property
+    def hostport(self) -> str:
+        return self.url.removeprefix("http://")
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@contextmanager
+def lakeloop_serve(args: list[str], tmp: Path, env: dict[str, str] | None = None,
+                   python_prefix: list[str] | None = None, ready: bool = True) -> Iterator[Served]:
+    """Run `lakeloop serve ARGS --port P` in a subprocess; yield once it answers /v2/health/live."""
+    port = _proc.free_port()
+    log = tmp / f"serve-{port}.log"
+    command = [*(python_prefix or [sys.executable, "-m", "lakeloop.cli"]), "serve", *args, "--port", str(port),
+               "--cache-dir", str(tmp / "serving-cache")]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=tmp)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        probe = "/v2/health/ready" if ready else "/v2/health/live"
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"lakeloop serve exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(url + probe, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"lakeloop serve did not become ready:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield Served(url, process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def serve(tmp_path) -> Callable:
+    """serve(args, env=None) → context manager yielding a running server."""
+    return lambda args, **kw: lakeloop_serve(args, tmp_path, **kw)
