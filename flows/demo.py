@@ -9,11 +9,12 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
 from flows.compress import compress_model
+from flows.deploy import DeployResult, deploy_model
 from flows.ingest import ingest_data
 from flows.register import register
 from flows.train import train_model
 from lakeloop.compression import CompressionReport
-from lakeloop.config import CompressionConfig, DataConfig, RegistryConfig, TrainingConfig
+from lakeloop.config import CompressionConfig, DataConfig, DeployConfig, RegistryConfig, TrainingConfig
 from lakeloop.data.generate import generate_transactions
 from lakeloop.errors import DataValidationError
 from lakeloop.registry import ModelVersion
@@ -48,14 +49,16 @@ class DemoResult(BaseModel):
     training: TrainResult | None = None
     compression: CompressionReport | None = None
     registered: ModelVersion | None = None
+    deployed: DeployResult | None = None
 
 
 @flow(name="demo", log_prints=True)
 def demo(workdir: str = ".lakeloop/samples", rows: int = 20_000, seed: int = 7, epochs: int = 4,
-         data: DataConfig | None = None) -> DemoResult:
+         data: DataConfig | None = None, serving_url: str | None = None) -> DemoResult:
     """The loop as far as it exists: ingest a good and a broken batch (one published, one
-    quarantined), train on the published commit, build, measure and choose compressed models, and
-    register the chosen one, signed, in the lakeFS model registry."""
+    quarantined), train on the published commit, build, measure and choose compressed models,
+    register the chosen one, signed, in the lakeFS model registry, and deploy it to the model
+    server at `serving_url` (skipped when empty)."""
     data = data or DataConfig()
     logger = get_run_logger()
     outcomes = []
@@ -80,5 +83,10 @@ def demo(workdir: str = ".lakeloop/samples", rows: int = 20_000, seed: int = 7, 
     training = TrainingConfig(epochs=epochs, seed=seed, work_root=str(Path(workdir).parent / "training"))
     run = train_model(data=data, training=training)
     report = compress_model(run, data=data, compression=CompressionConfig())
-    version = register(run.workdir, report, RegistryConfig())
-    return DemoResult(batches=outcomes, training=run, compression=report, registered=version)
+    registry = RegistryConfig()
+    version = register(run.workdir, report, registry)
+    deployed = None
+    if serving_url:
+        deploy = DeployConfig(server_url=serving_url, work_root=str(Path(workdir).parent / "deploy"))
+        deployed = deploy_model(version.version, data=data, registry=registry, deploy=deploy)
+    return DemoResult(batches=outcomes, training=run, compression=report, registered=version, deployed=deployed)

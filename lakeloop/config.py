@@ -79,3 +79,16 @@ class RegistryConfig(BaseModel):
     model_name: str = Field("fraud", description="Registered model name.")
     storage_namespace: str | None = Field(None, description="Used if the repository must be created.")
     lakefs_block: str = Field("lakeloop-lakefs", description="LakeFSConnection block (its Vault signs manifests).")
+
+
+class DeployConfig(BaseModel):
+    """How a registered version goes live: the gate against the champion, the server to switch, the smoke test."""
+
+    alias: Literal["production", "staging"] = Field("production", description="The alias the server follows.")
+    primary_metric: Literal["pr_auc", "roc_auc", "f1", "accuracy"] = Field(
+        "pr_auc", description="Metric the challenger and the champion are compared on (same test split).")
+    tolerance: float = Field(0.01, ge=0, description="How much worse than the champion the challenger may be.")
+    server_url: str = Field("http://127.0.0.1:8080", description="The `lakeloop serve` that follows the alias.")
+    swap_timeout: float = Field(60, gt=0, description="Seconds the server may take to serve the new version.")
+    smoke_rows: int = Field(256, ge=1, description="Test rows sent through the V2 endpoint after the swap.")
+    work_root: str = Field(".lakeloop/deploy", description="Where verified copies of both models are kept.")

@@ -216,8 +216,10 @@ def demo(
         from flows.demo import demo as demo_flow
 
         with _prefect_api(state_dir, services["prefect"].url + "/api"):
-            result = demo_flow(workdir=str(state_dir / "samples"), rows=rows)
-        _print_demo(result)
+            result = demo_flow(workdir=str(state_dir / "samples"), rows=rows, serving_url=services["serving"].url)
+            _print_demo(result)
+            if result.deployed is not None and result.deployed.status != "rejected":
+                _send_traffic(services["serving"].url, state_dir)
         out.print(f"Runs, logs and events: {services['prefect'].url}/runs")
         if any(o.status == "failed" for o in result.batches):
             raise LakeloopError("the demo loop failed: see the table above")
@@ -265,7 +267,39 @@ def _print_demo(result) -> None:
     if result.registered is not None:
         v = result.registered
         out.print(f"\n[bold]4. register-model[/]: {v.name} v{v.version} ({v.manifest['variant']}) signed and committed "
-                  f"at {v.commit_id[:12]}; see `lakeloop models lineage --alias ...` once promoted")
+                  f"at {v.commit_id[:12]}")
+    if result.deployed is not None:
+        d = result.deployed
+        gate = d.gate.explanation if d.gate else d.detail
+        colour = {"deployed": "green", "rejected": "yellow", "unchanged": "green"}[d.status]
+        out.print(f"\n[bold]5. deploy-model[/]: v{d.version} [{colour}]{d.status}[/] — {gate}", soft_wrap=True)
+        if d.status == "deployed":
+            out.print(f"   {d.detail}; smoke test through the V2 endpoint on {d.smoke_rows} rows passed; "
+                      "see `lakeloop models lineage`", soft_wrap=True)
+
+
+def _send_traffic(url: str, state_dir: Path) -> None:
+    """Fresh rows through the deployed model's V2 endpoint, as a client would send them; show the numbers."""
+    from blocks import LakeFSConnection
+    from lakeloop.data.generate import generate_transactions
+    from lakeloop.deploy import ServerClient
+    from lakeloop.secrets import SERVING_PATH
+
+    key = LakeFSConnection.load("lakeloop-lakefs").vault.client().read_key(SERVING_PATH, "api_keys").split(",")[0]
+    frame = generate_transactions(20_000, seed=12345)
+    client = ServerClient(url, "fraud", key)
+    try:
+        rows = [client.traffic(frame, 1, 500), client.traffic(frame, 64, 100)]
+    finally:
+        client.close()
+    table = Table("rows/request", "requests", "p50 ms", "p99 ms", "requests/s", "rows/s", "flagged as fraud",
+                  title=f"6. serving: fraud v{rows[0]['version']} at {url}/v2 (one sequential Python client; "
+                        "`make bench` has the wrk figures)")
+    for r in rows:
+        table.add_row(str(r["batch"]), str(r["requests"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                      f"{r['requests_per_s']:.0f}", f"{r['rows_per_s']:.0f}", str(r["flagged"]))
+    out.print(table)
+    out.print(f"Inputs and outputs are logged to lakefs://lakeloop-data/inference-logs; metrics at {url}/metrics")
 
 
 ModelName = Annotated[str, typer.Option("--name", help="Registered model name.")]
@@ -334,7 +368,8 @@ def models_lineage(name: ModelName = "fraud", alias: Annotated[str, typer.Option
     out.print("  metrics  " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
     out.print(f"  registered {m['registered_at']} by {m['registered_by']}")
     for move in history:
-        out.print(f"  moved to v{move['version']} by {move['actor'] or '?'}: {move['message']}", soft_wrap=True)
+        target = f"v{move['version']}" if move["version"] is not None else "nothing (unset)"
+        out.print(f"  moved to {target} by {move['actor'] or '?'}: {move['message']}", soft_wrap=True)
 
 
 @models.command("promote")

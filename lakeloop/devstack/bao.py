@@ -26,6 +26,7 @@ POLICIES = {
     "pipeline": f"""
 path "secret/data/{LAKEFS_PATH}" {{ capabilities = ["read"] }}
 path "secret/data/{PII_PATH}" {{ capabilities = ["read"] }}
+path "secret/data/{SERVING_PATH}" {{ capabilities = ["read"] }}
 path "transit/sign/{MODEL_SIGNING_KEY}" {{ capabilities = ["update"] }}
 path "transit/verify/{MODEL_SIGNING_KEY}" {{ capabilities = ["update"] }}
 """,

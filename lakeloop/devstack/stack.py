@@ -25,7 +25,8 @@ from lakeloop.errors import DevStackError
 
 STACK_FILE = "stack.json"
 ENV_FILE = "env"
-DEFAULT_PORTS = {"prefect": 4200, "lakefs": 8000, "vault": 8200}
+DEFAULT_PORTS = {"prefect": 4200, "lakefs": 8000, "vault": 8200, "serving": 8080}
+SERVED_MODEL = "fraud"  # the model the dev stack's server follows (fraud@production in lakeloop-models)
 
 
 @dataclass
@@ -123,6 +124,10 @@ def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | 
         del root_token  # revoked and never written anywhere; consumers hold AppRole credentials only
         log(f"OpenBao ready at {server.address}: KV v2, AppRole, transit; AppRoles for "
             f"{', '.join(sorted(creds))} in {state_dir / 'vault'}; root token revoked")
+        services["serving"] = _start_serving(state_dir, services, creds["serving"])
+        _save(state_dir, services)
+        log(f"model server at {services['serving'].url}/v2 follows {SERVED_MODEL}@production "
+            "(ready once a version is deployed)")
         prefect = services["prefect"]
         _proc.wait_until(prefect.healthy, "Prefect server", 120, log_file=state_dir / "logs" / "prefect.log")
         if on_ready is not None:
@@ -157,6 +162,20 @@ def _start_lakefs(state_dir: Path, key_id: str, secret: str) -> Service:
     return _service("lakefs", url, f"{url}/api/v1/healthcheck", process.pid)
 
 
+def _start_serving(state_dir: Path, services: dict[str, Service], approle_file: Path) -> Service:
+    """`lakeloop serve --model fraud`: live at once, ready when fraud@production exists and verifies."""
+    port = _port("serving")
+    env = {"LAKELOOP_LAKEFS_URL": services["lakefs"].url, "VAULT_ADDR": services["vault"].url,
+           "LAKELOOP_SERVING_APPROLE_FILE": str(approle_file)}
+    log_file = state_dir / "logs" / "serving.log"
+    process = _proc.start([sys.executable, "-m", "lakeloop.cli", "serve", "--model", SERVED_MODEL, "--port", str(port),
+                           "--workers", "1", "--poll-seconds", "2", "--cache-dir", str(state_dir / "serving")],
+                          log_file, env=env)
+    url = f"http://127.0.0.1:{port}"
+    _proc.wait_until(_proc.http_ok(f"{url}/v2/health/live"), "model server", 60, log_file=log_file)
+    return _service("serving", url, f"{url}/v2/health/live", process.pid)
+
+
 def _write_env(state_dir: Path, services: dict[str, Service]) -> None:
     """`source .lakeloop/env` points a shell (Prefect CLI, flows, `lakeloop serve`) at the stack.
 
@@ -165,6 +184,7 @@ def _write_env(state_dir: Path, services: dict[str, Service]) -> None:
     lines = [f"export PREFECT_API_URL={services['prefect'].url}/api",
              f"export VAULT_ADDR={services['vault'].url}",
              f"export LAKELOOP_LAKEFS_URL={services['lakefs'].url}",
+             f"export LAKELOOP_SERVING_URL={services['serving'].url}",
              f"export LAKELOOP_SERVING_APPROLE_FILE={state_dir / 'vault' / 'serving.approle.json'}"]
     (state_dir / ENV_FILE).write_text("\n".join(lines) + "\n")
 
@@ -173,7 +193,7 @@ def down(state_dir: Path, log: Callable[[str], None] = print) -> list[str]:
     """Stop exactly the processes `up` recorded (by PID and start time); returns their names."""
     state_dir = state_dir.resolve()
     stopped = []
-    for name, service in load(state_dir).items():
+    for name, service in reversed(load(state_dir).items()):  # the model server first: it flushes to lakeFS
         if service.process_is_ours():
             _proc.stop(service.pid)
             stopped.append(name)

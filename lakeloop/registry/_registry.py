@@ -170,6 +170,17 @@ class Registry:
                                            **{f"alias.{a}": str(v) for a, v in changes.items()}})
             return commit.get_commit().id
 
+    def unset(self, name: str, alias: str, actor: str, reason: str = "") -> None:
+        """Remove an alias (one commit): e.g. undo the first ever promotion to production."""
+        main = self._main()
+        with lakefs_errors(self._host(), f"removing {name}@{alias}"):
+            obj = main.object(self._alias_path(name, alias))
+            if not obj.exists():
+                return
+            obj.delete()
+            main.commit(f"{name}: unset {alias}" + (f" ({reason})" if reason else ""),
+                        metadata={"model": name, "actor": actor, "reason": reason, f"alias.{alias}": "none"})
+
     def rollback(self, name: str, actor: str, reason: str = "rollback") -> int:
         """Production goes back to `previous` (and `previous` to what production was)."""
         previous = self.alias(name, "previous")
@@ -184,7 +195,7 @@ class Registry:
         with lakefs_errors(self._host(), f"reading the history of {name}@{alias}"):
             commits = self._main().log(objects=[path])
             return [{"commit": c.id, "at": c.creation_date, "message": c.message,
-                     "actor": c.metadata.get("actor", ""), "version": int(c.metadata[f"alias.{alias}"])}
+                     "actor": c.metadata.get("actor", ""), "version": _version_or_none(c.metadata[f"alias.{alias}"])}
                     for c in commits if f"alias.{alias}" in (c.metadata or {})]
 
     # -- loading -------------------------------------------------------------------------------------
@@ -234,6 +245,10 @@ class Registry:
                 raise RegistryError(f"{name} v{version}/{rel}: sha256 {digest.hexdigest()[:12]}… does not match "
                                     f"the signed manifest's {expected['sha256'][:12]}…: refusing to load it")
         return manifest, dest
+
+
+def _version_or_none(text: str) -> int | None:
+    return None if text == "none" else int(text)
 
 
 def _now() -> str:

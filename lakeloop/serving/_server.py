@@ -62,12 +62,16 @@ class ModelServer:
             self.inference_log.close()
 
     def _watch(self) -> None:
+        said = ""
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.refresh_keys()
                 self.refresh()
+                said = ""
             except LakeloopError as exc:
-                log.warning("%s: %s", self.name, exc)
+                if str(exc) != said:  # say each problem once, not every poll
+                    log.warning("%s: %s", self.name, exc)
+                    said = str(exc)
             except Exception:  # the watcher must outlive any surprise
                 log.exception("%s: model watcher error", self.name)
 
@@ -109,7 +113,11 @@ class ModelServer:
             target = self.source.target()
             current = self.model.version if self.model else None
             if target is None:
-                raise ServingError(f"{self.source.describe()} names no version yet: nothing to serve")
+                if self.model is not None:  # the alias was removed (e.g. a first deploy rolled back)
+                    log.warning("%s: %s names no version any more: stopped serving v%s", self.name,
+                                self.source.describe(), current)
+                    self.model, self.metrics.model_info = None, {}
+                raise ServingError(f"{self.source.describe()} names no version: nothing to serve")
             if target == current:
                 return {"version": current, "swapped": False}
             if target in self.refused and not force:

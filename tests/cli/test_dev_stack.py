@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ def test_up_status_ingest_down(state_dir, tmp_path):
     up = lakeloop("dev", "up", "--state-dir", str(state_dir))
     assert up.returncode == 0, up.stdout + up.stderr
     services = json.loads((state_dir / "stack.json").read_text())["services"]
-    assert set(services) == {"prefect", "lakefs", "vault"}
+    assert set(services) == {"prefect", "lakefs", "vault", "serving"}
     pids = [s["pid"] for s in services.values()]
     assert all(psutil.pid_exists(p) for p in pids)
 
@@ -38,7 +39,10 @@ def test_up_status_ingest_down(state_dir, tmp_path):
     assert status.returncode == 0
     for service in services.values():
         assert service["url"] in status.stdout
-    assert status.stdout.count("healthy") == 3
+    assert status.stdout.count("healthy") == 4
+    env_file = (state_dir / "env").read_text()
+    assert f"LAKELOOP_SERVING_URL={services['serving']['url']}" in env_file
+    assert "secret_id" not in env_file and "role_id" not in env_file
 
     again = lakeloop("dev", "up", "--state-dir", str(state_dir))  # idempotent: nothing new started
     assert "already running" in again.stderr
@@ -60,7 +64,7 @@ def test_up_status_ingest_down(state_dir, tmp_path):
     assert "Root Token:" not in logged and "Unseal Key:" not in logged and "==> OpenBao server" in logged
 
     down = lakeloop("dev", "down", "--state-dir", str(state_dir))
-    assert down.returncode == 0 and "stopped 3 service(s)" in down.stderr
+    assert down.returncode == 0 and "stopped 4 service(s)" in down.stderr
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
     assert lakeloop("dev", "status", "--state-dir", str(state_dir)).returncode == 1
 
@@ -77,6 +81,9 @@ def test_demo_runs_the_loop_and_stops_what_it_started(state_dir):
     assert "2. train-model on lakeloop-data@" in flat and "test PR AUC" in flat
     assert "3. compress-model" in flat and "chosen:" in flat
     assert "4. register-model: fraud v1" in flat
+    assert "5. deploy-model: v1 deployed" in flat and "smoke test through the V2 endpoint on 256 rows passed" in flat
+    assert "6. serving: fraud v1" in flat
+    assert re.search(r"│ 64 +│ 100 +│", demo.stdout)  # 100 requests of 64 rows answered
     for candidate in ("fp32", "int8-dynamic", "int8-static-qdq", "pruned", "distilled"):
         assert candidate in flat
     assert not (state_dir / "stack.json").exists()

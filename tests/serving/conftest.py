@@ -12,43 +12,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnx
 import pytest
-from onnx import helper, numpy_helper
 
+from benchmarks._models import nan_on_zero_amount, raw_feature_model
 from lakeloop.devstack import _proc
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def raw_feature_model(path: Path, seed: int = 0) -> Path:
-    """An untrained raw-feature fraud model, exported exactly as compress-model exports one."""
-    import torch
-
-    from lakeloop.compression import export_onnx
-    from lakeloop.data.generate import generate_transactions
-    from lakeloop.modeling.features import FeatureSpec
-    from lakeloop.modeling.nets import TabularNet
-
-    spec = FeatureSpec.fit(generate_transactions(500, seed=1))
-    torch.manual_seed(seed)
-    return export_onnx(TabularNet(len(spec.numeric), spec.cardinalities).eval(), spec, path)
-
-
-def nan_on_zero_amount(source: Path, path: Path) -> Path:
-    """A copy whose probability is NaN when amount is 0 (probability * amount / amount): a model
-    that looks fine on real rows but fails the server's smoke inference."""
-    model = onnx.load(source)
-    graph = model.graph
-    for node in graph.node:
-        node.output[:] = ["probability_raw" if o == "probability" else o for o in node.output]
-    graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "squeeze_axis"))
-    graph.node.extend([helper.make_node("Div", ["amount", "amount"], ["amount_ratio"]),
-                       helper.make_node("Squeeze", ["amount_ratio", "squeeze_axis"], ["amount_ratio_flat"]),
-                       helper.make_node("Mul", ["probability_raw", "amount_ratio_flat"], ["probability"])])
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+__all__ = ["lakeloop_serve", "nan_on_zero_amount", "raw_feature_model", "rows"]
 
 
 @pytest.fixture(scope="session")

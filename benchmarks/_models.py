@@ -1,0 +1,47 @@
+"""ONNX models for the serving benchmark and tests: a raw-feature fraud model and deliberately broken copies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def raw_feature_model(path: Path, seed: int = 0, state_dict_path: Path | None = None) -> Path:
+    """An untrained raw-feature fraud model, exported exactly as compress-model exports one.
+
+    With `state_dict_path`, the torch net's weights and `features.json` are saved beside it (the
+    naive baseline server serves those with torch eager).
+    """
+    import torch
+
+    from lakeloop.compression import export_onnx
+    from lakeloop.data.generate import generate_transactions
+    from lakeloop.modeling.features import FeatureSpec
+    from lakeloop.modeling.nets import TabularNet
+
+    spec = FeatureSpec.fit(generate_transactions(500, seed=1))
+    torch.manual_seed(seed)
+    net = TabularNet(len(spec.numeric), spec.cardinalities).eval()
+    if state_dict_path is not None:
+        torch.save(net.state_dict(), state_dict_path)
+        (state_dict_path.parent / "features.json").write_text(spec.to_json())
+    return export_onnx(net, spec, path)
+
+
+def nan_on_zero_amount(source: Path, path: Path) -> Path:
+    """A copy whose probability is NaN when amount is 0 (probability * amount / amount): a model
+    that looks fine on real rows but fails the server's smoke inference."""
+    model = onnx.load(source)
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["probability_raw" if o == "probability" else o for o in node.output]
+    graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "squeeze_axis"))
+    graph.node.extend([helper.make_node("Div", ["amount", "amount"], ["amount_ratio"]),
+                       helper.make_node("Squeeze", ["amount_ratio", "squeeze_axis"], ["amount_ratio_flat"]),
+                       helper.make_node("Mul", ["probability_raw", "amount_ratio_flat"], ["probability"])])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
