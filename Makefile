@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 STATE  ?= .lakeloop
 
-.PHONY: run test test-all lint bench up down status clean install
+.PHONY: run test test-all lint bench bench-tools up down status clean install
 
 install: $(STAMP)
 
@@ -31,11 +31,18 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-bench: $(STAMP)
+bench: $(STAMP) bench-tools
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/inference.py
+	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/gpu_train.py
+
+# wrk (Debian package) drives the serving benchmark; KServe gets its own venv (its pins clash with prefect's).
+bench-tools:
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	test -x .venv-kserve/bin/python || ($(PYTHON) -m venv .venv-kserve && \
+		.venv-kserve/bin/pip install --quiet "kserve==0.21.0" "onnxruntime>=1.32")
 
 up: $(STAMP)
 	$(VENV)/bin/lakeloop dev up --state-dir $(STATE)

@@ -1,6 +1,6 @@
 """KServe's Python model server (the `kserve` package) wrapping the same ONNX file with ONNX Runtime.
 
-Runs in its own virtual environment (`make bench-venv-kserve` builds .venv-kserve: kserve's pins
+Runs in its own virtual environment (`make bench-tools` builds .venv-kserve: kserve's pins
 clash with prefect's). Configured as one would run it in production: one worker, no gRPC, request
 logging down to warnings (its default logs ~4 lines per request, 25-35% of its throughput).
 KServe hard-codes host 0.0.0.0; this harness binds it to 127.0.0.1 instead, as every server in
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import uuid
 
 import kserve
 import kserve.model_server as model_server
@@ -55,7 +56,7 @@ class OnnxModel(kserve.Model):
         (probability,) = self.session.run(["probability"], feeds)
         output = InferOutput(name="probability", shape=list(probability.shape), datatype="FP32")
         output.set_data_from_numpy(probability, binary_data=False)
-        return InferResponse(model_name=self.name, infer_outputs=[output], response_id=payload.id)
+        return InferResponse(model_name=self.name, infer_outputs=[output], response_id=payload.id or str(uuid.uuid4()))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ connections with a hot swap to a new version and two promotions of broken versio
 NaN on a smoke row): it must see zero failed requests and no answer from a broken version.
 
 Usage: python benchmarks/serving.py [--duration 10] [--swap-duration 60] [--part all|throughput|swap]
-Needs wrk (apt-get install wrk); KServe runs from .venv-kserve (`make bench-venv-kserve`), skipped
-with a note when that is missing.
+Needs wrk (apt-get install wrk); KServe runs from .venv-kserve (`make bench-tools` builds both);
+without that venv KServe is skipped with a note.
 """
 
 from __future__ import annotations
@@ -57,17 +57,23 @@ f:close()
 wrk.headers["Content-Type"] = "application/json"
 local key = os.getenv("WRK_AUTH") or ""
 if #key > 0 then wrk.headers["Authorization"] = "Bearer " .. key end
+"""
+# Counting answers per model version needs wrk's response() hook, which reads every body and makes
+# wrk's own latency figures unreliable: the swap test uses it for counts only, never for latency.
+WRK_COUNT_SCRIPT = WRK_SCRIPT + """
 versions = {}
-bad = 0
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+end
 function response(status, headers, body)
-  if os.getenv("WRK_COUNT_VERSIONS") == "1" then
-    local v = string.match(body, '"model_version":"([^"]*)"') or "none"
-    versions[v] = (versions[v] or 0) + 1
-  end
-  if status ~= 200 then bad = bad + 1 end
+  local v = string.match(body, '"model_version":"([^"]*)"') or ("status-" .. status)
+  versions[v] = (versions[v] or 0) + 1
 end
 function done(summary, latency, requests)
-  for v, n in pairs(versions) do io.write(string.format("VERSION %s %d\\n", v, n)) end
+  for _, thread in ipairs(threads) do
+    for v, n in pairs(thread:get("versions")) do io.write(string.format("VERSION %s %d\\n", v, n)) end
+  end
 end
 """
 
@@ -131,10 +137,11 @@ def server(command: list[str], port: int, log: Path, env: dict[str, str] | None 
 
 
 def wrk(url: str, body: Path, connections: int, duration: float, auth: str = "", count_versions: bool = False,
-        script: Path | None = None) -> dict:
-    command = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-               "--timeout", "5s", "-s", str(script), url]
-    env = {**os.environ, "WRK_BODY": str(body), "WRK_AUTH": auth, "WRK_COUNT_VERSIONS": "1" if count_versions else "0"}
+        scripts: Path | None = None) -> dict:
+    script = scripts / ("count.lua" if count_versions else "plain.lua")
+    command = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
+               "--latency", "--timeout", "5s", "-s", str(script), url]
+    env = {**os.environ, "WRK_BODY": str(body), "WRK_AUTH": auth}
     out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=duration + 60, check=True).stdout
     result = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
               "p50_ms": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
@@ -160,7 +167,7 @@ def v2_body(batch: dict[str, np.ndarray]) -> bytes:
 
 def check_answer(url: str, body: bytes, expected: np.ndarray, auth: str = "") -> None:
     """Before timing a server, make sure it gives the right answer (not fast errors)."""
-    headers = {"Authorization": f"Bearer {auth}"} if auth else {}
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {auth}"} if auth else {})}
     answer = httpx.post(f"{url}/v2/models/fraud/infer", content=body, headers=headers, timeout=30)
     answer.raise_for_status()
     outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
@@ -170,7 +177,7 @@ def check_answer(url: str, body: bytes, expected: np.ndarray, auth: str = "") ->
 # -- the two parts --------------------------------------------------------------------------------
 
 def throughput(args, work: Path, stack: Stack, registry: Registry, model_dir: Path, bodies: dict, expected: dict,
-               key: str, script: Path) -> list[dict]:
+               key: str, scripts: Path) -> list[dict]:
     servers = {
         "lakeloop": ([sys.executable, "-m", "lakeloop.cli", "serve", "--model", "fraud", "--registry",
                       registry.repository, "--cpus", SERVER_CPU, "--workers", "1", "--cache-dir", str(work / "cache"),
@@ -182,7 +189,7 @@ def throughput(args, work: Path, stack: Stack, registry: Registry, model_dir: Pa
         servers["KServe"] = (["taskset", "-c", SERVER_CPU, str(KSERVE_PYTHON),
                               str(ROOT / "benchmarks" / "_kserve_server.py"), str(model_dir / "model.onnx")], {}, "")
     else:
-        print(f"note: {KSERVE_PYTHON} is missing (make bench-venv-kserve): KServe skipped")
+        print(f"note: {KSERVE_PYTHON} is missing (`make bench-tools` builds it): KServe skipped")
     rows = []
     for name, (command, env, auth) in servers.items():
         port = _proc.free_port()
@@ -190,9 +197,10 @@ def throughput(args, work: Path, stack: Stack, registry: Registry, model_dir: Pa
         with server(full, port, work / f"{name.split()[0]}.log", env) as url:
             for batch, body in bodies.items():
                 check_answer(url, body.read_bytes(), expected[batch], auth)
-                wrk(f"{url}/v2/models/fraud/infer", body, 8, 2, auth, script=script)  # warm up
+                wrk(f"{url}/v2/models/fraud/infer", body, 8, 2, auth, scripts=scripts)  # warm up
                 for connections in args.connections:
-                    result = wrk(f"{url}/v2/models/fraud/infer", body, connections, args.duration, auth, script=script)
+                    result = wrk(f"{url}/v2/models/fraud/infer", body, connections, args.duration, auth,
+                                 scripts=scripts)
                     rows.append({"server": name, "batch": batch, "connections": connections, **result})
                     print(f"  {name:<20} batch {batch:>2}  {connections} conn  {result['requests_per_s']:>8.0f} req/s  "
                           f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
@@ -201,7 +209,7 @@ def throughput(args, work: Path, stack: Stack, registry: Registry, model_dir: Pa
 
 
 def swap(args, work: Path, stack: Stack, registry: Registry, model_dir: Path, bodies: dict, key: str,
-         script: Path) -> dict:
+         scripts: Path) -> dict:
     good2 = raw_feature_model(work / "v2.onnx", seed=1)
     tampered = raw_feature_model(work / "v3.onnx", seed=2)
     broken = nan_on_zero_amount(model_dir / "model.onnx", work / "v4.onnx")
@@ -227,7 +235,7 @@ def swap(args, work: Path, stack: Stack, registry: Registry, model_dir: Path, bo
         mover = threading.Thread(target=promote_later)
         mover.start()
         result = wrk(f"{url}/v2/models/fraud/infer", bodies[1], 8, args.swap_duration, key, count_versions=True,
-                     script=script)
+                     scripts=scripts)
         mover.join()
         metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}).text
     refused = int(m.group(1)) if (m := re.search(r'swaps_total\{outcome="refused"\} (\d+)', metrics)) else 0
@@ -264,23 +272,27 @@ def main() -> None:
             bodies[batch] = work / f"body-{batch}.json"
             bodies[batch].write_bytes(v2_body(feeds))
             expected[batch] = session.run(["probability"], feeds)[0]
-        script = work / "v2.lua"
-        script.write_text(WRK_SCRIPT)
+        scripts = work
+        (scripts / "plain.lua").write_text(WRK_SCRIPT)
+        (scripts / "count.lua").write_text(WRK_COUNT_SCRIPT)
         report: dict = {"duration_s": args.duration}
         if args.part in ("all", "throughput"):
             print(f"throughput: wrk on CPU {CLIENT_CPU}, servers on CPU {SERVER_CPU}, {args.duration:.0f} s per run")
-            report["throughput"] = throughput(args, work, stack, registry, model_dir, bodies, expected, key, script)
+            report["throughput"] = throughput(args, work, stack, registry, model_dir, bodies, expected, key, scripts)
             print_ratios(report["throughput"])
         if args.part in ("all", "swap"):
             print(f"swap under load: {args.swap_duration:.0f} s at 8 connections, 1-row requests")
-            result = swap(args, work, stack, registry, model_dir, bodies, key, script)
+            result = swap(args, work, stack, registry, model_dir, bodies, key, scripts)
             report["swap"] = result
             print(f"  {result['requests']} requests, {result['non_2xx']} non-200, {result['socket_errors']} socket "
                   f"errors; answered by version: {result['versions']}; refused swaps: {result['refused']}")
             for at, version, why in result["timeline"]:
                 print(f"  t={at:5.1f}s  production -> v{version} ({why})")
             broken = sum(n for v, n in result["versions"].items() if v in ("3", "4"))
-            print(f"  answers from a broken version: {broken}")
+            counted = sum(result["versions"].values())
+            print(f"  answers from a broken version: {broken} (of {counted} answers whose version was read)")
+            if counted != result["requests"] or not {"1", "2"} <= set(result["versions"]):
+                sys.exit("the swap test could not read every answer's version: its result is not valid")
     out = ROOT / "benchmarks" / "out"
     out.mkdir(exist_ok=True)
     (out / "serving.json").write_text(json.dumps(report, indent=2))

@@ -142,7 +142,7 @@ def run(settings: ServeSettings) -> None:
         log.warning("serving WITHOUT authentication: give --api-key, LAKELOOP_API_KEYS or Vault (VAULT_ADDR)")
     workers = workers_for(settings)
     common = {"host": settings.host, "port": settings.port, "access_log": False, "log_level": "info",
-              "timeout_keep_alive": 30, "timeout_graceful_shutdown": 10}
+              "timeout_keep_alive": 30, "timeout_graceful_shutdown": 10, "server_header": False}
     if workers == 1:
         from lakeloop.serving._app import create_app
 
