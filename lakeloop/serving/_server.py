@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lakeloop.errors import LakeloopError, ServingError
-from lakeloop.serving._logs import InferenceLogger
+from lakeloop.serving._logs import InferenceLogger, background_priority
 from lakeloop.serving._metrics import Metrics
 from lakeloop.serving._model import LoadedModel, Tuning, load
 from lakeloop.serving._sources import ModelSource
@@ -62,6 +62,7 @@ class ModelServer:
             self.inference_log.close()
 
     def _watch(self) -> None:
+        background_priority()  # polls Vault and lakeFS: never ahead of a request for the CPU
         said = ""
         while not self._stop.wait(self.poll_seconds):
             try:
