@@ -120,20 +120,13 @@ def embedded_stack(root: Path) -> Iterator[Stack]:
 
 @contextmanager
 def server(command: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                   env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    process = _proc.start(command, log, env={"PYTHONPATH": str(ROOT), **(env or {})}, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _proc.wait_until(_proc.http_ok(f"{url}/v2/health/ready"), command[2] if len(command) > 2 else command[0],
-                         120, process, log)
+        _proc.wait_until(_proc.http_ok(f"{url}/v2/health/ready"), Path(command[-1]).name, 120, process, log)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _proc.stop(process.pid, 20)
 
 
 def wrk(url: str, body: Path, connections: int, duration: float, auth: str = "", count_versions: bool = False,

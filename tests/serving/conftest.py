@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,9 +55,7 @@ def lakeloop_serve(args: list[str], tmp: Path, env: dict[str, str] | None = None
     log = tmp / f"serve-{port}.log"
     command = [*(python_prefix or [sys.executable, "-m", "lakeloop.cli"]), "serve", *args, "--port", str(port),
                "--cache-dir", str(tmp / "serving-cache")]
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=tmp)
+    process = _proc.start(command, log, env={"PYTHONPATH": str(ROOT), **(env or {})}, cwd=tmp)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -76,15 +73,4 @@ def lakeloop_serve(args: list[str], tmp: Path, env: dict[str, str] | None = None
             time.sleep(0.1)
         yield Served(url, process, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture
-def serve(tmp_path) -> Callable:
-    """serve(args, env=None) → context manager yielding a running server."""
-    return lambda args, **kw: lakeloop_serve(args, tmp_path, **kw)
+        _proc.stop(process.pid, 15)
