@@ -16,7 +16,8 @@
     ├── CompressionGateError
     ├── RegistryError
     ├── DeploymentError
-    └── ServingError
+    ├── ServingError
+    └── DriftError
 
 Messages name the bad value, where it was, and what to do. No message ever carries a
 secret value.
@@ -108,3 +109,7 @@ class DeploymentError(LakeloopError):
 
 class ServingError(LakeloopError):
     """The model server could not load, verify or serve a model."""
+
+
+class DriftError(LakeloopError):
+    """Drift could not be computed: the window does not match the model's reference."""

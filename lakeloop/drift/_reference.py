@@ -1,0 +1,216 @@
+"""A drift reference built once per model version, and the comparison of a window against it.
+
+Building the reference sorts and bins every column once; it is saved (npz + JSON) and reused, so
+comparing a new window costs only that window's own sort and histogram.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
+
+from lakeloop.drift import _stats as st
+from lakeloop.errors import DriftError
+
+UNSEEN = "<unseen>"
+
+
+class DriftThresholds(BaseModel):
+    """When a feature, and the whole window, count as drifted (effect sizes; Evidently's defaults)."""
+
+    wasserstein: float = Field(0.1, gt=0, description="Numbers: Wasserstein distance / reference std.")
+    psi: float = Field(0.2, gt=0, description="Numbers: population stability index on reference deciles.")
+    js: float = Field(0.1, gt=0, description="Categories: Jensen-Shannon distance (base 2), unseen ones included.")
+    drifted_share: float = Field(0.5, gt=0, le=1, description="Window drifts when this share of features does...")
+    key_features: list[str] = Field([], description="... or when any of these does.")
+    bins: int = Field(10, ge=2, description="Quantile bins of the reference, for PSI.")
+
+
+@dataclass
+class NumericReference:
+    sorted_values: np.ndarray  # float64, NaNs removed
+    edges: np.ndarray
+    fractions: np.ndarray
+    std: float
+    nan_fraction: float
+
+
+@dataclass
+class CategoricalReference:
+    categories: list[str]
+    counts: np.ndarray
+    nan_fraction: float
+
+
+class FeatureDrift(BaseModel):
+    name: str
+    kind: Literal["numeric", "categorical"]
+    score: float  # the deciding effect size: normalised Wasserstein or JS distance
+    psi: float | None = None
+    ks: float | None = None
+    chi_square: float | None = None
+    unseen_share: float | None = None  # categories the reference never saw
+    nan_fraction_reference: float
+    nan_fraction_current: float
+    drifted: bool
+
+
+class DriftReport(BaseModel):
+    status: Literal["drift", "no drift", "no data"]
+    rows_reference: int
+    rows_current: int
+    features: list[FeatureDrift]
+    drifted: list[str]
+    drifted_share: float
+    reason: str
+
+
+def _is_numeric(values: np.ndarray) -> bool:
+    return values.dtype.kind in "fiub"
+
+
+def _categories(values: np.ndarray) -> tuple[list[str], np.ndarray, int]:
+    """(categories, counts, missing) of a string column; None/NaN are missing, not a category.
+
+    Counted by Arrow's hash kernel: no Python loop over the rows.
+    """
+    array = pa.array(values, type=pa.string(), from_pandas=True)
+    missing = array.null_count
+    counted = pc.value_counts(array.drop_null()) if missing else pc.value_counts(array)
+    categories = counted.field("values").to_pylist()
+    counts = counted.field("counts").to_numpy().astype(np.int64)
+    order = np.argsort(categories)
+    return [categories[i] for i in order], counts[order], missing
+
+
+class Reference:
+    """Per-column summaries of the training data a model was trained on."""
+
+    def __init__(self, columns: dict[str, NumericReference | CategoricalReference], rows: int) -> None:
+        self.columns, self.rows = columns, rows
+
+    @classmethod
+    def build(cls, data: Mapping[str, np.ndarray], bins: int = 10) -> Reference:
+        """Summarise `data` (column name → 1-D array; numbers numeric dtypes, categories strings)."""
+        rows = len(next(iter(data.values()))) if data else 0
+        if rows == 0:
+            raise DriftError("the drift reference has no rows: train on data first")
+        columns: dict[str, NumericReference | CategoricalReference] = {}
+        for name, raw in data.items():
+            values = np.asarray(raw)
+            if _is_numeric(values):
+                values = values.astype(np.float64)
+                present = np.sort(values[~np.isnan(values)])
+                if len(present) == 0:
+                    raise DriftError(f"reference column {name!r} has no values (all NaN)")
+                edges = st.quantile_edges(present, bins)
+                columns[name] = NumericReference(present, edges, st.histogram(present, edges),
+                                                 float(present.std()) or 1.0, 1 - len(present) / rows)
+            else:
+                categories, counts, missing = _categories(values)
+                columns[name] = CategoricalReference(categories, counts, missing / rows)
+        return cls(columns, rows)
+
+    # -- cache ------------------------------------------------------------------------------------
+
+    def save(self, folder: Path) -> Path:
+        """Write `reference.npz` and `reference.json` into `folder` (atomically, per file)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays, meta = {}, {"rows": self.rows, "columns": {}}
+        for i, (name, ref) in enumerate(self.columns.items()):
+            if isinstance(ref, NumericReference):
+                arrays.update({f"{i}_sorted": ref.sorted_values, f"{i}_edges": ref.edges,
+                               f"{i}_fractions": ref.fractions})
+                meta["columns"][name] = {"index": i, "kind": "numeric", "std": ref.std,
+                                         "nan_fraction": ref.nan_fraction}
+            else:
+                arrays[f"{i}_counts"] = ref.counts
+                meta["columns"][name] = {"index": i, "kind": "categorical", "categories": ref.categories,
+                                         "nan_fraction": ref.nan_fraction}
+        partial = folder / "reference.partial.npz"
+        np.savez(partial, **arrays)
+        partial.replace(folder / "reference.npz")
+        (folder / "reference.json.partial").write_text(json.dumps(meta))
+        (folder / "reference.json.partial").replace(folder / "reference.json")
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path) -> Reference:
+        meta = json.loads((folder / "reference.json").read_text())
+        columns: dict[str, NumericReference | CategoricalReference] = {}
+        with np.load(folder / "reference.npz") as arrays:
+            for name, m in meta["columns"].items():
+                i = m["index"]
+                if m["kind"] == "numeric":
+                    columns[name] = NumericReference(arrays[f"{i}_sorted"], arrays[f"{i}_edges"],
+                                                     arrays[f"{i}_fractions"], m["std"], m["nan_fraction"])
+                else:
+                    columns[name] = CategoricalReference(m["categories"], arrays[f"{i}_counts"], m["nan_fraction"])
+        return cls(columns, meta["rows"])
+
+    # -- comparison -------------------------------------------------------------------------------
+
+    def compare(self, window: Mapping[str, np.ndarray], thresholds: DriftThresholds | None = None) -> DriftReport:
+        """Score every reference column in `window` and decide whether the window drifted.
+
+        Raises:
+            DriftError: the window lacks a reference column, or a column changed kind (numbers
+                became strings or the other way round): the logs no longer match the model.
+        """
+        thresholds = thresholds or DriftThresholds()
+        missing = [name for name in self.columns if name not in window]
+        if missing:
+            raise DriftError(f"the window lacks column(s) {', '.join(map(repr, missing))} that the model's reference "
+                             f"has ({', '.join(self.columns)}): the inference logs do not match this model")
+        rows = len(next(iter(window.values()))) if window else 0
+        if rows == 0:
+            return DriftReport(status="no data", rows_reference=self.rows, rows_current=0, features=[], drifted=[],
+                               drifted_share=0.0, reason="the window holds no rows")
+        features = [self._feature(name, np.asarray(window[name]), thresholds) for name in self.columns]
+        drifted = [f.name for f in features if f.drifted]
+        share = len(drifted) / len(features)
+        keys = [k for k in thresholds.key_features if k in drifted]
+        is_drift = share >= thresholds.drifted_share or bool(keys)
+        reason = (f"{len(drifted)} of {len(features)} features drifted ({share:.0%}; threshold "
+                  f"{thresholds.drifted_share:.0%})" + (f"; key feature(s) {', '.join(keys)}" if keys else ""))
+        return DriftReport(status="drift" if is_drift else "no drift", rows_reference=self.rows, rows_current=rows,
+                           features=features, drifted=drifted, drifted_share=share, reason=reason)
+
+    def _feature(self, name: str, values: np.ndarray, t: DriftThresholds) -> FeatureDrift:
+        ref = self.columns[name]
+        if isinstance(ref, NumericReference):
+            if not _is_numeric(values):
+                raise DriftError(f"column {name!r} was numeric in the reference but is {values.dtype} in the window")
+            values = values.astype(np.float64)
+            nan = np.isnan(values)
+            present = values[~nan]
+            if len(present) == 0:  # nothing to compare: every value missing is drift in itself
+                return FeatureDrift(name=name, kind="numeric", score=float("inf"), nan_fraction_current=1.0,
+                                    nan_fraction_reference=ref.nan_fraction, drifted=True)
+            ks, wasserstein = st.ks_and_wasserstein(ref.sorted_values, present)
+            score = wasserstein / ref.std
+            psi = st.psi(ref.fractions, st.histogram(present, ref.edges))
+            return FeatureDrift(name=name, kind="numeric", score=score, psi=psi, ks=ks,
+                                nan_fraction_reference=ref.nan_fraction, nan_fraction_current=float(nan.mean()),
+                                drifted=score >= t.wasserstein or psi >= t.psi)
+        if _is_numeric(values):
+            raise DriftError(f"column {name!r} held categories in the reference but is {values.dtype} in the window")
+        categories, counts, missing = _categories(values)
+        index = {c: i for i, c in enumerate(ref.categories)}
+        current = np.zeros(len(ref.categories) + 1)  # the last slot: categories the reference never saw
+        for category, count in zip(categories, counts, strict=True):
+            current[index.get(category, len(ref.categories))] += count
+        reference = np.append(ref.counts.astype(np.float64), 0.0)
+        js = st.js_distance(reference, current)
+        return FeatureDrift(name=name, kind="categorical", score=js, chi_square=st.chi_square(reference, current),
+                            unseen_share=float(current[-1] / max(current.sum(), 1)),
+                            nan_fraction_reference=ref.nan_fraction, nan_fraction_current=missing / len(values),
+                            drifted=js >= t.js)

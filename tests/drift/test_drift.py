@@ -1,0 +1,78 @@
+"""Drift statistics and decisions on generated traffic with known shifts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lakeloop.data.generate import DriftKnobs, generate_transactions
+from lakeloop.drift import DriftThresholds, Reference, js_distance, ks_and_wasserstein, psi
+from lakeloop.errors import DriftError
+
+FEATURES = ["amount", "customer_age", "account_age_days", "distance_from_home_km", "transactions_last_24h",
+            "merchant_category", "country", "channel"]
+
+
+def columns(frame) -> dict[str, np.ndarray]:
+    return {name: frame[name].to_numpy() for name in FEATURES}
+
+
+@pytest.fixture(scope="module")
+def reference() -> Reference:
+    return Reference.build(columns(generate_transactions(50_000, seed=1)))
+
+
+def test_statistics_match_their_definitions():
+    rng = np.random.default_rng(0)
+    a, b = np.sort(rng.normal(0, 1, 20_000)), rng.normal(0.5, 1, 20_000)
+    ks, wasserstein = ks_and_wasserstein(a, b)
+    assert wasserstein == pytest.approx(0.5, abs=0.03)  # W1 of a pure shift is the shift
+    assert ks == pytest.approx(0.197, abs=0.02)  # 2*Phi(0.25) - 1
+    assert ks_and_wasserstein(a, a.copy()) == (0.0, 0.0)
+    assert psi(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == 0.0
+    assert js_distance(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
+    assert js_distance(np.array([3.0, 1.0]), np.array([6.0, 2.0])) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_same_distribution_is_no_drift(reference):
+    report = reference.compare(columns(generate_transactions(50_000, seed=2)))
+    assert report.status == "no drift" and report.drifted == []
+    assert all(f.score < 0.05 for f in report.features)
+
+
+def test_exactly_the_shifted_columns_are_flagged(reference):
+    shifted = generate_transactions(50_000, seed=3, drift=DriftKnobs(
+        amount_shift=0.8, distance_scale=3.0, new_categories=("casino",), new_category_share=0.3))
+    report = reference.compare(columns(shifted))
+    assert set(report.drifted) == {"amount", "distance_from_home_km", "merchant_category"}
+    category = next(f for f in report.features if f.name == "merchant_category")
+    assert category.unseen_share == pytest.approx(0.3, abs=0.02)  # unseen categories counted, not dropped
+    assert report.status == "no drift"  # 3 of 8 features: below the 50% share ...
+    keyed = reference.compare(columns(shifted), DriftThresholds(key_features=["amount"]))
+    assert keyed.status == "drift" and "key feature(s) amount" in keyed.reason  # ... unless a key feature moved
+
+
+def test_cached_reference_gives_the_same_scores(reference, tmp_path):
+    window = columns(generate_transactions(20_000, seed=4, drift=DriftKnobs(amount_shift=0.5)))
+    loaded = Reference.load(reference.save(tmp_path / "ref"))
+    assert loaded.compare(window).model_dump() == reference.compare(window).model_dump()
+
+
+def test_empty_window_nans_and_schema_changes(reference):
+    empty = {name: np.array([], dtype=object if name in FEATURES[5:] else np.float64) for name in FEATURES}
+    assert reference.compare(empty).status == "no data"
+
+    window = columns(generate_transactions(5_000, seed=5))
+    window["amount"] = window["amount"].astype(np.float64)
+    window["amount"][:500] = np.nan
+    window["country"] = window["country"].astype(object)
+    window["country"][:250] = None
+    report = reference.compare(window)
+    amount = next(f for f in report.features if f.name == "amount")
+    country = next(f for f in report.features if f.name == "country")
+    assert amount.nan_fraction_current == pytest.approx(0.1) and country.nan_fraction_current == pytest.approx(0.05)
+
+    with pytest.raises(DriftError, match="lacks column\\(s\\) 'channel'"):
+        reference.compare({k: v for k, v in window.items() if k != "channel"})
+    with pytest.raises(DriftError, match="'customer_age' was numeric in the reference"):
+        reference.compare({**window, "customer_age": window["customer_age"].astype(str)})
