@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from lakeloop.drift import DriftThresholds
+
 
 class DataConfig(BaseModel):
     """Where the versioned data lives and how to reach it."""
@@ -92,3 +94,17 @@ class DeployConfig(BaseModel):
     swap_timeout: float = Field(60, gt=0, description="Seconds the server may take to serve the new version.")
     smoke_rows: int = Field(256, ge=1, description="Test rows sent through the V2 endpoint after the swap.")
     work_root: str = Field(".lakeloop/deploy", description="Where verified copies of both models are kept.")
+
+
+class DriftConfig(BaseModel):
+    """How monitor-drift watches the served model's traffic."""
+
+    window_hours: float = Field(24, gt=0, description="Length of the traffic window that is compared.")
+    min_rows: int = Field(100, ge=1, description="A window with fewer logged rows counts as no data.")
+    thresholds: DriftThresholds = Field(default_factory=DriftThresholds, description="When features drift.")
+    confirm_windows: int = Field(2, ge=1, description="Consecutive drifted windows needed before acting.")
+    cooldown_hours: float = Field(6, ge=0, description="After a drift event, no new one for this long.")
+    reference_rows: int = Field(200_000, ge=1000, description="Most training rows the reference keeps.")
+    logs_branch: str = Field("inference-logs", description="Branch of the data repository with the logs.")
+    logs_prefix: str = Field("inference", description="Path prefix of the inference logs.")
+    work_root: str = Field(".lakeloop/drift", description="Where cached references live.")

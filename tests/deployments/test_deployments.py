@@ -8,6 +8,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import httpx
 import lakefs
 import pytest
 from prefect.deployments import run_deployment
@@ -30,6 +31,13 @@ def test_deploy_and_run_through_a_process_worker(data_blocks, lakefs_server, tmp
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = prefect_cli("deploy", "--prefect-file", "deployments.yaml", "--all")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    api = PREFECT_API_URL.value()
+    drift = httpx.get(f"{api}/deployments/name/monitor-drift/monitor-drift").json()
+    assert [s["schedule"]["cron"] for s in drift["schedules"]] == ["0 * * * *"]
+    automations = httpx.post(f"{api}/automations/filter", json={}).json()
+    retrain_triggers = {e for a in automations for e in a["trigger"].get("expect", [])
+                        if any(action.get("deployment_id") for action in a["actions"])}
+    assert {"lakeloop.drift.detected", "lakeloop.data.published"} <= retrain_triggers
 
     batch = tmp_path / "batch.parquet"
     generate_transactions(400, seed=31).to_parquet(batch)

@@ -1,0 +1,149 @@
+"""Drift tasks: the production model's reference (cached per version), a window of its traffic, the
+comparison, and the decision recorded in lakeFS, as Prefect artifacts and, on drift, as an event."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from pydantic import BaseModel
+
+from blocks import LakeFSConnection
+from lakeloop import deploy as d
+from lakeloop.config import DataConfig, DriftConfig, RegistryConfig
+from lakeloop.data import _wap as wap
+from lakeloop.drift import DriftReport, Reference
+from lakeloop.drift import _window as logs
+from lakeloop.drift._decide import decide
+from lakeloop.drift._plots import plot_features
+from lakeloop.modeling.features import FeatureSpec, split_of
+
+SCORE = "output_probability"  # the served model's score: its drift is reported like a feature's
+
+
+class DriftOutcome(BaseModel):
+    model: str
+    version: int | None
+    status: str  # drift, drift (unconfirmed), drift (cooldown), no drift, no data, no model
+    reason: str
+    window_start: str
+    window_end: str
+    rows: int = 0
+    drifted: list[str] = []
+    scores: dict[str, float] = {}
+    event_emitted: bool = False
+    report_commit: str | None = None
+
+
+@task(cache_policy=NO_CACHE)
+def production_model(registry: RegistryConfig) -> tuple[int | None, dict]:
+    """The version the production alias points at, and its verified manifest (or None, {})."""
+    reg = LakeFSConnection.load(registry.lakefs_block).registry(registry.repository, registry.storage_namespace)
+    version = reg.alias(registry.model_name, "production")
+    return (version, reg.manifest(registry.model_name, version)) if version is not None else (None, {})
+
+
+@task(cache_policy=NO_CACHE)
+def drift_reference(registry: RegistryConfig, data: DataConfig, drift: DriftConfig, version: int,
+                    manifest: dict) -> str:
+    """The reference of `version`, built once from its training rows and cached; returns its folder."""
+    folder = Path(drift.work_root) / registry.repository / registry.model_name / f"v{version}"
+    if (folder / "reference.json").exists():
+        return str(folder)
+    connection = LakeFSConnection.load(registry.lakefs_block)
+    reg = connection.registry(registry.repository, registry.storage_namespace)
+    model_dir = folder / "model"
+    reg.fetch(registry.model_name, version, model_dir, only=["model.onnx", "torch/features.json"])
+    spec = FeatureSpec.from_json((model_dir / "torch" / "features.json").read_text())
+    lineage = manifest.get("lineage", {})
+    frame = wap.read_dataset(connection.client(), lineage.get("data_repository", data.repository),
+                             lineage["data_commit"], data.prefix)
+    train = frame[split_of(frame["transaction_id"]) == "train"]
+    if len(train) > drift.reference_rows:
+        train = train.sample(drift.reference_rows, random_state=0)
+    columns = {name: train[name].to_numpy() for name in (*spec.numeric, *spec.categorical)}
+    columns[SCORE] = d.score(model_dir / "model.onnx", train)
+    Reference.build(columns, drift.thresholds.bins).save(folder)
+    get_run_logger().info("built the drift reference of v%d from %d training rows at %s", version, len(train),
+                          lineage["data_commit"][:12])
+    return str(folder)
+
+
+@task(cache_policy=NO_CACHE)
+def read_traffic(data: DataConfig, drift: DriftConfig, registry: RegistryConfig, reference_dir: str,
+                 start: dt.datetime, end: dt.datetime) -> dict[str, np.ndarray]:
+    """The logged rows of the window, as the reference's columns (empty when there are none)."""
+    client = LakeFSConnection.load(data.lakefs_block).client()
+    table = logs.read_window(client, data.repository, drift.logs_branch, drift.logs_prefix, registry.model_name,
+                             start, end)
+    names = list(Reference.load(Path(reference_dir)).columns)
+    return logs.columns_of(table, names)
+
+
+@task(cache_policy=NO_CACHE)
+def compare_window(reference_dir: str, window: dict[str, np.ndarray], drift: DriftConfig) -> DriftReport:
+    reference = Reference.load(Path(reference_dir))
+    rows = len(next(iter(window.values()))) if window else 0
+    if rows < drift.min_rows:  # too little traffic to say anything: no data, not a failure
+        return DriftReport(status="no data", rows_reference=reference.rows, rows_current=rows, features=[],
+                           drifted=[], drifted_share=0.0,
+                           reason=f"{rows} rows logged; at least {drift.min_rows} needed")
+    return reference.compare(window, drift.thresholds)
+
+
+@task(cache_policy=NO_CACHE)
+def record_decision(report: DriftReport, reference_dir: str, window: dict[str, np.ndarray], data: DataConfig,
+                    drift: DriftConfig, registry: RegistryConfig, version: int, manifest: dict,
+                    start: dt.datetime, end: dt.datetime) -> DriftOutcome:
+    """Hysteresis and cooldown, then the report in lakeFS, the artifacts, and the event on drift."""
+    client = LakeFSConnection.load(data.lakefs_block).client()
+    model = registry.model_name
+    previous = [r for r in logs.recent_reports(client, data.repository, drift.logs_branch, model,
+                                               drift.confirm_windows + 20) if r.get("version") == version]
+    status, emit, why = decide(report.status, previous, drift.confirm_windows,
+                               dt.timedelta(hours=drift.cooldown_hours), end)
+    lineage = manifest.get("lineage", {})
+    scores = {f.name: round(f.score, 4) for f in report.features}
+    record = {"model": model, "version": version, "window_start": start.isoformat(), "window_end": end.isoformat(),
+              "raw_status": report.status, "status": status, "why": why, "event_emitted": emit,
+              "reference": {"data_repository": lineage.get("data_repository"),
+                            "data_commit": lineage.get("data_commit")},
+              "report": report.model_dump()}
+    plots = plot_features(Reference.load(Path(reference_dir)), window, report) if report.features else {}
+    commit = logs.save_report(client, data.repository, drift.logs_branch, model, end, record, plots)
+    _artifacts(report, status, why, model, version, start, end)
+    if emit:
+        emit_event(event="lakeloop.drift.detected",
+                   resource={"prefect.resource.id": f"lakeloop.model.{registry.repository}.{model}",
+                             "prefect.resource.name": model, "lakeloop.registry": registry.repository},
+                   payload={"version": version, "data_repository": lineage.get("data_repository", data.repository),
+                            "data_ref": data.branch, "reference_commit": lineage.get("data_commit"),
+                            "drifted": report.drifted, "scores": scores, "window_end": end.isoformat(),
+                            "report": logs.report_path(model, end), "report_commit": commit})
+    get_run_logger().info("%s v%d, %s to %s: %s (%s)", model, version, start.isoformat(), end.isoformat(), status, why)
+    return DriftOutcome(model=model, version=version, status=status, reason=f"{report.reason}; {why}",
+                        window_start=start.isoformat(), window_end=end.isoformat(), rows=report.rows_current,
+                        drifted=report.drifted, scores=scores, event_emitted=emit, report_commit=commit)
+
+
+def _artifacts(report: DriftReport, status: str, why: str, model: str, version: int, start: dt.datetime,
+               end: dt.datetime) -> None:
+    rows = [{"feature": f.name, "kind": f.kind, "score": round(f.score, 4),
+             "psi": None if f.psi is None else round(f.psi, 4), "ks": None if f.ks is None else round(f.ks, 4),
+             "unseen share": f.unseen_share, "NaN share": round(f.nan_fraction_current, 4),
+             "drifted": f.drifted} for f in report.features]
+    if rows:
+        create_table_artifact(table=rows, key="drift-features", description=f"{model} v{version}: feature drift")
+    lines = [f"# Drift of {model} v{version}: {status}", "",
+             f"Window {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC, {report.rows_current} rows against "
+             f"{report.rows_reference} reference rows. {report.reason}; {why}.", ""]
+    if report.features:
+        lines += ["| feature | score | drifted |", "| --- | ---: | --- |"]
+        lines += [f"| {f.name} | {f.score:.4f} | {'yes' if f.drifted else ''} |" for f in report.features]
+    create_markdown_artifact(markdown="\n".join(lines) + "\n", key="drift-report",
+                             description=f"{model} v{version}: {status}")

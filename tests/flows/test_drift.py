@@ -1,0 +1,95 @@
+"""`monitor-drift` on traffic logged by the model server's own writer into lakeFS: no drift on normal
+traffic, drift on shifted traffic only once confirmed, then a cooldown; the event, the committed report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import lakefs
+import onnxruntime as ort
+import pytest
+
+from flows.drift import monitor_drift
+from lakeloop.config import DriftConfig, RegistryConfig
+from lakeloop.data._wap import read_dataset
+from lakeloop.data.generate import DriftKnobs, generate_transactions
+from lakeloop.deploy import raw_inputs
+from lakeloop.drift import DriftThresholds
+from lakeloop.modeling.features import FeatureSpec
+from lakeloop.registry import Registry, VaultSigner
+from lakeloop.secrets import VaultClient, VaultSettings
+from lakeloop.serving import InferenceLogger, LakeFSSink
+from tests.flows.test_deploy import events, trained_model
+
+pytestmark = pytest.mark.lakefs
+
+
+def serve_rows(frame, model: Path, sink: LakeFSSink, version: str) -> None:
+    """What the model server does for each request, in batches of 50 rows: score, then log."""
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    logger = InferenceLogger(sink, interval=3600)
+    for start in range(0, len(frame), 50):
+        feeds = raw_inputs(session, frame.iloc[start:start + 50])
+        logit, probability = session.run(["logit", "probability"], feeds)
+        logger.record("fraud", version, len(probability), feeds, {"logit": logit, "probability": probability})
+    logger.flush()
+
+
+def test_monitor_drift_confirms_reports_and_cools_down(tmp_path, publish, lakefs_server, vault):
+    data, published = publish(4_000, 41)
+    frame = read_dataset(lakefs_server.client(), data.repository, published.commit_id, data.prefix)
+    name = f"{data.repository}-models"
+    registry = RegistryConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
+    signer = VaultSigner(VaultClient(VaultSettings(address=vault.address, **vault.approle("pipeline"))))
+    reg = Registry(lakefs_server.client(), name, signer, registry.storage_namespace)
+    config = DriftConfig(window_hours=1, min_rows=100, confirm_windows=2, cooldown_hours=1,
+                         work_root=str(tmp_path / "drift"), thresholds=DriftThresholds(key_features=["amount"]))
+
+    assert monitor_drift(data=data, registry=registry, drift=config).status == "no model"
+
+    model = trained_model(frame, tmp_path / "model.onnx")
+    (tmp_path / "features.json").write_text(FeatureSpec.fit(frame).to_json())
+    reg.register("fraud", {"model.onnx": model, "torch/features.json": tmp_path / "features.json"},
+                 {"lineage": {"data_repository": data.repository, "data_commit": published.commit_id}}, actor="test")
+    reg.promote("fraud", 1, "production", actor="test")
+    sink = LakeFSSink(lakefs_server.client(), data.repository,
+                      storage_namespace=f"{lakefs_server.namespace_prefix}/{data.repository}")
+
+    serve_rows(generate_transactions(1_500, seed=42), model, sink, "1")
+    normal_end = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    calm = monitor_drift(data=data, registry=registry, drift=config, window_end=normal_end)
+    assert calm.status == "no drift" and calm.rows == 1_500 and calm.drifted == []
+    assert set(calm.scores) >= {"amount", "country", "output_probability"}
+
+    time.sleep(1.5)
+    shifted = generate_transactions(1_500, seed=43, drift=DriftKnobs(amount_shift=1.0, new_categories=("casino",),
+                                                                      new_category_share=0.3))
+    serve_rows(shifted, model, sink, "1")
+    end = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+
+    def after_normal(seconds: int):  # consecutive windows that all start where the normal traffic ended
+        window_end = end + dt.timedelta(seconds=seconds)
+        hours = (window_end - normal_end).total_seconds() / 3600
+        return monitor_drift(data=data, registry=registry, drift=config.model_copy(update={"window_hours": hours}),
+                             window_end=window_end)
+
+    first = after_normal(0)
+    assert first.status == "drift (unconfirmed)" and not first.event_emitted and first.rows == 1_500
+    assert {"amount", "merchant_category"} <= set(first.drifted)
+    second = after_normal(1)
+    assert second.status == "drift" and second.event_emitted
+    third = after_normal(2)
+    assert third.status == "drift (cooldown)" and not third.event_emitted
+
+    detected = events("lakeloop.drift.detected", f"lakeloop.model.{name}.fraud")
+    assert len(detected) == 1
+    payload = detected[0]["payload"]
+    assert payload["version"] == 1 and payload["reference_commit"] == published.commit_id
+    assert "amount" in payload["drifted"] and payload["report_commit"] == second.report_commit
+
+    branch = lakefs.Repository(data.repository, client=lakefs_server.client()).branch("inference-logs")
+    stored = [o.path for o in branch.objects(prefix="drift/fraud/")]
+    assert sum(p.endswith(".json") for p in stored) == 4 and any(p.endswith("-amount.png") for p in stored)
+    assert (tmp_path / "drift" / name / "fraud" / "v1" / "reference.json").exists()  # cached for the next window
