@@ -14,6 +14,7 @@ from lakeloop.config import DataConfig
 from lakeloop.data import ValidationReport, pseudonymise, read_batch, validate_batch
 from lakeloop.data import _wap as wap
 from lakeloop.errors import ConfigError, DataValidationError, LakeFSUnreachableError
+from lakeloop.events import DATA_PUBLISHED, event_id, lakefs_key
 from lakeloop.schemas import SCHEMA_VERSION, PublishedTransactionsSchema, RawTransactionsSchema
 from lakeloop.secrets import PII_PATH
 
@@ -106,7 +107,7 @@ def publish_batch(config: DataConfig, staged: wap.StagedBatch, source: str, batc
     client = _connection(config).client()
     commit_id = wap.publish(client, staged, config.branch, _metadata(source, batch_id))
     emit_event(
-        event="lakeloop.data.published",
+        event=DATA_PUBLISHED, id=event_id(lakefs_key(config.repository, commit_id)),
         resource={"prefect.resource.id": f"lakefs.{config.repository}.{config.branch}",
                   "prefect.resource.name": f"{config.repository}/{config.branch}",
                   "lakefs.repository": config.repository, "lakefs.branch": config.branch},

@@ -486,6 +486,61 @@ def serve(
     run(settings)
 
 
+@app.command("webhook")
+def webhook(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8090,
+    prefect_api: Annotated[str | None, typer.Option(envvar="PREFECT_API_URL",
+                                                    help="Prefect API the events go to.")] = None,
+    branch: Annotated[list[str] | None, typer.Option(help="Branches whose merges and commits count (repeatable).")]
+    = None,
+    deliveries: Annotated[Path, typer.Option(help="SQLite file of the idempotency keys already handled.")] = Path(
+        ".lakeloop/webhooks/deliveries.sqlite"),
+    vault_addr: Annotated[str | None, typer.Option(envvar="VAULT_ADDR", help="Vault address.")] = None,
+    vault_approle_file: Annotated[str | None, typer.Option(
+        envvar="LAKELOOP_WEBHOOK_APPROLE_FILE", help="JSON file with the webhook AppRole's role_id and secret_id.")]
+    = None,
+    vault_auth: Annotated[str | None, typer.Option(help="token, approle or kubernetes (default: from what is set).")]
+    = None,
+    vault_role: Annotated[str | None, typer.Option(help="Vault role for Kubernetes auth.")] = None,
+) -> None:
+    """Receive lakeFS actions webhooks (POST /hooks/lakefs) and CI retrain requests (POST /hooks/retrain)
+    and emit them as Prefect events, once per delivery. The bearer token comes from Vault
+    (secret/lakeloop/webhook, key `token`), or from LAKELOOP_WEBHOOK_TOKEN without Vault."""
+    import time
+
+    import uvicorn
+
+    from lakeloop.secrets import WEBHOOK_PATH, VaultClient
+    from lakeloop.serving import vault_settings
+    from lakeloop.webhooks import Deliveries, PrefectEvents, create_app
+
+    if not prefect_api:
+        raise LakeloopError("no Prefect API: set PREFECT_API_URL or --prefect-api (`source .lakeloop/env`)")
+    settings = vault_settings(vault_addr, vault_auth, vault_approle_file, vault_role)
+    if settings is None:
+        fixed = os.environ.get("LAKELOOP_WEBHOOK_TOKEN", "")
+        if not fixed:
+            raise LakeloopError("no token source: set VAULT_ADDR (the token is read from Vault) or "
+                                "LAKELOOP_WEBHOOK_TOKEN")
+
+        def token() -> str:
+            return fixed
+    else:
+        vault = VaultClient(settings)
+        cached = {"value": vault.read_key(WEBHOOK_PATH, "token"), "at": time.monotonic()}
+
+        def token() -> str:  # re-read every 30 s, so a rotated token takes effect without a restart
+            if time.monotonic() - cached["at"] > 30:
+                cached.update(value=vault.read_key(WEBHOOK_PATH, "token"), at=time.monotonic())
+            return cached["value"]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(token, PrefectEvents(prefect_api), Deliveries(deliveries), tuple(branch or ["main"]))
+    console.print(f"webhook receiver on http://{host}:{port}/hooks/lakefs and /hooks/retrain → {prefect_api}",
+                  highlight=False)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+
+
 def main() -> None:
     """Console entry point: lakeloop errors become one clear line and exit code 1."""
     try:

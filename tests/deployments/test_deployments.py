@@ -37,7 +37,7 @@ def test_deploy_and_run_through_a_process_worker(data_blocks, lakefs_server, tmp
     automations = httpx.post(f"{api}/automations/filter", json={}).json()
     retrain_triggers = {e for a in automations for e in a["trigger"].get("expect", [])
                         if any(action.get("deployment_id") for action in a["actions"])}
-    assert {"lakeloop.drift.detected", "lakeloop.data.published"} <= retrain_triggers
+    assert {"lakeloop.drift.detected", "lakeloop.data.published", "lakeloop.retrain.requested"} <= retrain_triggers
 
     batch = tmp_path / "batch.parquet"
     generate_transactions(400, seed=31).to_parquet(batch)

@@ -1,0 +1,171 @@
+"""`lakeloop webhook`: lakeFS actions and CI calls in, exactly one Prefect event per delivery out."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import hvac
+import pytest
+from prefect.settings import PREFECT_API_URL
+
+from lakeloop.devstack import _proc
+from lakeloop.secrets import WEBHOOK_PATH
+from tests.conftest import LakeFSEndpoint, start_embedded_lakefs
+
+pytestmark = pytest.mark.lakefs
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def receiver(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
+    port = _proc.free_port()
+    log = tmp_path / f"webhook-{port}.log"
+    process = _proc.start([sys.executable, "-m", "lakeloop.cli", "webhook", "--port", str(port), "--deliveries",
+                           str(tmp_path / "deliveries.sqlite")], log, env={"PYTHONPATH": str(ROOT), **env}, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _proc.wait_until(_proc.http_ok(f"{url}/healthz"), "webhook receiver", 60, process, log)
+        yield url
+    finally:
+        _proc.stop(process.pid)
+
+
+@pytest.fixture
+def hooks(tmp_path, vault, prefect_api) -> Iterator[tuple[str, str]]:
+    """A running receiver (token from Vault through the webhook AppRole) and the token."""
+    token = hvac.Client(vault.address, token=vault.root_token).secrets.kv.v2.read_secret_version(
+        WEBHOOK_PATH, raise_on_deleted_version=True)["data"]["data"]["token"]
+    env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "VAULT_ADDR": vault.address,
+           "LAKELOOP_WEBHOOK_APPROLE_FILE": str(vault.credentials["webhook"])}
+    with receiver(tmp_path, env) as url:
+        yield url, token
+
+
+def events(name: str, resource: str, expected: int) -> list[dict]:
+    query = {"filter": {"event": {"name": [name]}, "resource": {"id": [resource]}}, "limit": 50}
+    deadline, found = time.monotonic() + 20, []
+    while time.monotonic() < deadline:
+        found = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=query).json()["events"]
+        if len(found) >= expected:
+            time.sleep(2)  # and nothing more arrives
+            return httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=query).json()["events"]
+        time.sleep(0.5)
+    return found
+
+
+def lakefs_payload(repository: str, commit: str, **changes) -> dict:
+    return {"event_type": "post-merge", "event_time": "2026-11-28T12:00:00Z", "action_name": "lakeloop",
+            "hook_id": "retrain", "repository_id": repository, "branch_id": "main", "source_ref": "c" * 64,
+            "commit_id": commit, "commit_message": "publish ingest-x", "committer": "lakeloop", **changes}
+
+
+def test_auth_and_bad_bodies(hooks):
+    url, token = hooks
+    auth = {"Authorization": f"Bearer {token}"}
+    body = lakefs_payload("r", "a" * 64)
+    assert httpx.post(f"{url}/hooks/lakefs", json=body).status_code == 401
+    assert httpx.post(f"{url}/hooks/lakefs", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+    bad = httpx.post(f"{url}/hooks/lakefs", content=b"{not json", headers=auth)
+    assert bad.status_code == 400 and "malformed JSON" in bad.json()["error"]
+    partial = httpx.post(f"{url}/hooks/lakefs", json={"event_type": "post-merge"}, headers=auth)
+    assert partial.status_code == 400 and "missing repository_id, branch_id, commit_id" in partial.json()["error"]
+    ignored = httpx.post(f"{url}/hooks/lakefs", json=lakefs_payload("r", "b" * 64, event_type="pre-commit"),
+                         headers=auth)
+    assert ignored.status_code == 202 and ignored.json()["status"] == "ignored"
+    no_reason = httpx.post(f"{url}/hooks/retrain", json={"ref": "main"}, headers=auth)
+    assert no_reason.status_code == 400 and "reason" in no_reason.json()["error"]
+    assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_a_flood_of_duplicates_emits_one_event(hooks):
+    url, token = hooks
+    repository = f"flood-{secrets.token_hex(4)}"
+    body = json.dumps(lakefs_payload(repository, secrets.token_hex(32))).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def deliver(_: int) -> str:
+        with httpx.Client(timeout=30) as client:
+            answer = client.post(f"{url}/hooks/lakefs", content=body, headers=headers)
+            assert answer.status_code == 202, answer.text
+            return answer.json()["status"]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(deliver, range(1_000)))
+    assert statuses.count("accepted") == 1 and statuses.count("duplicate") == 999
+    found = events("lakeloop.data.published", f"lakefs.{repository}.main", 1)
+    assert len(found) == 1 and found[0]["payload"]["source"] == "lakefs-webhook"
+
+
+def test_ci_retrain_request_is_idempotent_by_key(hooks):
+    url, token = hooks
+    auth = {"Authorization": f"Bearer {token}"}
+    reason = f"nightly {secrets.token_hex(4)}"
+    first = httpx.post(f"{url}/hooks/retrain", json={"reason": reason, "requested_by": "gitlab"},
+                       headers={**auth, "Idempotency-Key": reason})
+    again = httpx.post(f"{url}/hooks/retrain", json={"reason": reason, "requested_by": "gitlab", "retry": 2},
+                       headers={**auth, "Idempotency-Key": reason})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["status"] == "accepted" and again.json()["status"] == "duplicate"
+    assert first.json()["event_id"] == again.json()["event_id"]
+    found = [e for e in events("lakeloop.retrain.requested", "lakeloop.retrain", 1)
+             if e["payload"]["reason"] == reason]
+    assert len(found) == 1 and found[0]["payload"]["requested_by"] == "gitlab"
+
+
+def test_a_real_lakefs_merge_calls_the_receiver(hooks, tmp_path):
+    url, token = hooks
+    key_id, secret = "AKIAWEBHOOK", secrets.token_urlsafe(16)
+    endpoint, process = start_embedded_lakefs(tmp_path / "lakefs", key_id, secret,
+                                              env={"LAKEFSACTION_WEBHOOK_TOKEN": token})
+    try:
+        server = LakeFSEndpoint(endpoint, key_id, secret, "local://webhooks", True, tmp_path / "lakefs", process)
+        repo = server.new_repo()
+        main = repo.branch("main")
+        main.object("_lakefs_actions/retrain.yaml").upload(f"""
+name: lakeloop retrain on publish
+on:
+  post-merge:
+    branches: [main]
+hooks:
+  - id: lakeloop_webhook
+    type: webhook
+    properties:
+      url: "{url}/hooks/lakefs"
+      headers:
+        Authorization: "Bearer {{{{ ENV.LAKEFSACTION_WEBHOOK_TOKEN }}}}"
+""")
+        main.commit("install the retrain action")
+        ingest = repo.branch("ingest-1").create("main")
+        ingest.object("transactions/part-0.parquet").upload(b"not really parquet")
+        ingest.commit("stage", metadata={"batch_id": "b1"})
+        merged = ingest.merge_into(main, message="publish")
+        found = events("lakeloop.data.published", f"lakefs.{repo.id}.main", 1)
+        assert len(found) == 1 and found[0]["payload"]["commit_id"] == merged
+    finally:
+        _proc.stop(process.pid)
+
+
+def test_the_webhook_and_the_ingest_flow_announce_a_merge_once(hooks, data_blocks, lakefs_server, tmp_path):
+    from flows.ingest import ingest_data
+    from lakeloop.config import DataConfig
+    from lakeloop.data.generate import generate_transactions
+
+    url, token = hooks
+    name = f"w-{secrets.token_hex(5)}"
+    data = DataConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
+    batch = tmp_path / "batch.parquet"
+    generate_transactions(300, seed=51).to_parquet(batch)
+    published = ingest_data(str(batch), data=data)
+    answer = httpx.post(f"{url}/hooks/lakefs", json=lakefs_payload(name, published.commit_id),
+                        headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 202 and answer.json()["status"] == "accepted"
+    found = events("lakeloop.data.published", f"lakefs.{name}.main", 1)
+    assert len(found) == 1 and found[0]["id"] == answer.json()["event_id"]  # one id: triggers act once
