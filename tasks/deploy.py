@@ -161,3 +161,12 @@ def publish_deploy_report(gate: GateResult, outcome: str, detail: str) -> None:
                 f"| metric | {gate.metric}, tolerance {gate.tolerance}, {gate.rows} test rows |\n"
                 f"| outcome | {outcome}: {detail} |\n")
     create_markdown_artifact(markdown=markdown, key="deploy-model", description=f"v{gate.challenger} {outcome}")
+
+
+@task(cache_policy=NO_CACHE)
+def roll_back_alias(registry: RegistryConfig, reason: str) -> tuple[int, int]:
+    """Production goes back to `previous` (one lakeFS commit); returns (from version, to version)."""
+    reg = _registry(registry)
+    current = reg.alias(registry.model_name, "production")
+    back_to = reg.rollback(registry.model_name, _actor(), reason)
+    return current, back_to

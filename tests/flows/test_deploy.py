@@ -15,6 +15,7 @@ from onnx import helper
 from prefect.settings import PREFECT_API_URL
 
 from flows.deploy import deploy_model
+from flows.rollback import rollback_model
 from lakeloop.compression import export_onnx
 from lakeloop.config import DeployConfig, RegistryConfig
 from lakeloop.data._wap import read_dataset
@@ -56,15 +57,16 @@ def inverted(source: Path, path: Path) -> Path:
     return path
 
 
-def events(name: str, resource: str) -> list[dict]:
+def events(name: str, resource: str, expected: int = 1) -> list[dict]:
+    """The events of `name` about `resource`, once at least `expected` have arrived (30 s at most)."""
     query = {"filter": {"event": {"name": [name]}, "resource": {"id": [resource]}}, "limit": 10}
-    deadline = time.monotonic() + 30
+    deadline, found = time.monotonic() + 30, []
     while time.monotonic() < deadline:
         found = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=query).json()["events"]
-        if found:
+        if len(found) >= expected:
             return found
         time.sleep(0.5)
-    return []
+    return found
 
 
 def test_deploy_reject_and_roll_back(tmp_path, publish, lakefs_server, vault):
@@ -113,7 +115,14 @@ def test_deploy_reject_and_roll_back(tmp_path, publish, lakefs_server, vault):
         assert answer.json()["versions"] == ["1"]  # the server never stopped serving v1
         assert "refused v3" in served.output()
 
+        registry.register("fraud", {"model.onnx": good}, {"variant": "good-again", **lineage}, actor="test")
+        assert deploy_model(4, data=data, registry=registry_config, deploy=deploy).status == "deployed"
+        assert rollback_model("bad canary", registry=registry_config, deploy=deploy) == 1
+        answer = httpx.get(f"{served.url}/v2/models/fraud", headers={"Authorization": f"Bearer {key}"})
+        assert answer.json()["versions"] == ["1"] and registry.alias("fraud", "previous") == 4
+
     resource = f"lakeloop.model.{name}.fraud"
-    deployed, rolled_back = events("lakeloop.model.deployed", resource), events("lakeloop.model.rolled-back", resource)
-    assert [e["payload"]["version"] for e in deployed] == [1]
-    assert [(e["payload"]["version"], e["payload"]["previous"]) for e in rolled_back] == [(3, 1)]
+    deployed = events("lakeloop.model.deployed", resource, 2)
+    rolled_back = events("lakeloop.model.rolled-back", resource, 2)
+    assert sorted(e["payload"]["version"] for e in deployed) == [1, 4]
+    assert sorted((e["payload"]["version"], e["payload"]["previous"]) for e in rolled_back) == [(1, 4), (3, 1)]
