@@ -36,13 +36,17 @@ bench: $(STAMP) bench-tools
 	$(PY) benchmarks/training.py
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/drift.py
 	$(PY) benchmarks/gpu_train.py
 
-# wrk (Debian package) drives the serving benchmark; KServe gets its own venv (its pins clash with prefect's).
+# wrk (Debian package) drives the serving benchmark; KServe and Evidently get venvs of their own
+# (KServe's pins clash with prefect's; Evidently 0.7 needs pandas < 3).
 bench-tools:
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	test -x .venv-kserve/bin/python || ($(PYTHON) -m venv .venv-kserve && \
 		.venv-kserve/bin/pip install --quiet "kserve==0.21.0" "onnxruntime>=1.32")
+	test -x .venv-evidently/bin/python || ($(PYTHON) -m venv .venv-evidently && \
+		.venv-evidently/bin/pip install --quiet "evidently==0.7.23" "pandas<3" pyarrow)
 
 up: $(STAMP)
 	$(VENV)/bin/lakeloop dev up --state-dir $(STATE)

@@ -21,6 +21,7 @@ from lakeloop.drift import _stats as st
 from lakeloop.errors import DriftError
 
 UNSEEN = "<unseen>"
+GRID_POINTS = 1000  # quantiles of the reference kept for KS and Wasserstein
 
 
 class DriftThresholds(BaseModel):
@@ -31,14 +32,16 @@ class DriftThresholds(BaseModel):
     js: float = Field(0.1, gt=0, description="Categories: Jensen-Shannon distance (base 2), unseen ones included.")
     drifted_share: float = Field(0.5, gt=0, le=1, description="Window drifts when this share of features does...")
     key_features: list[str] = Field([], description="... or when any of these does.")
-    bins: int = Field(10, ge=2, description="Quantile bins of the reference, for PSI.")
+    bins: Literal[4, 5, 8, 10, 20, 25, 40, 50, 100] = Field(
+        10, description="Quantile bins of the reference for PSI (they must divide its 1,000-point grid).")
 
 
 @dataclass
 class NumericReference:
-    sorted_values: np.ndarray  # float64, NaNs removed
-    edges: np.ndarray
+    edges: np.ndarray  # decile edges, for PSI
     fractions: np.ndarray
+    grid: np.ndarray  # fine quantile grid with the extremes, for KS and Wasserstein
+    grid_cdf: np.ndarray  # the reference's CDF on it
     std: float
     nan_fraction: float
 
@@ -73,16 +76,37 @@ class DriftReport(BaseModel):
     reason: str
 
 
-def _is_numeric(values: np.ndarray) -> bool:
+Column = np.ndarray | pa.Array | pa.ChunkedArray  # windows usually arrive as Arrow (parquet logs)
+
+
+def _is_numeric(values: Column) -> bool:
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        t = values.type
+        return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
     return values.dtype.kind in "fiub"
 
 
-def _categories(values: np.ndarray) -> tuple[list[str], np.ndarray, int]:
+def _floats(values: Column) -> np.ndarray:
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        values = values.to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float64)
+
+
+def _dtype(values: Column) -> str:
+    return str(values.type if isinstance(values, pa.Array | pa.ChunkedArray) else values.dtype)
+
+
+def _categories(values: Column) -> tuple[list[str], np.ndarray, int]:
     """(categories, counts, missing) of a string column; None/NaN are missing, not a category.
 
     Counted by Arrow's hash kernel: no Python loop over the rows.
     """
-    array = pa.array(values, type=pa.string(), from_pandas=True)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        array = values if pa.types.is_string(values.type) else values.cast(pa.string())
+    else:
+        array = pa.array(values, type=pa.string(), from_pandas=True)
     missing = array.null_count
     counted = pc.value_counts(array.drop_null()) if missing else pc.value_counts(array)
     categories = counted.field("values").to_pylist()
@@ -98,21 +122,24 @@ class Reference:
         self.columns, self.rows = columns, rows
 
     @classmethod
-    def build(cls, data: Mapping[str, np.ndarray], bins: int = 10) -> Reference:
-        """Summarise `data` (column name → 1-D array; numbers numeric dtypes, categories strings)."""
+    def build(cls, data: Mapping[str, Column], bins: int = 10) -> Reference:
+        """Summarise `data` (column name → numpy or Arrow array; numbers numeric, categories strings)."""
         rows = len(next(iter(data.values()))) if data else 0
         if rows == 0:
             raise DriftError("the drift reference has no rows: train on data first")
         columns: dict[str, NumericReference | CategoricalReference] = {}
-        for name, raw in data.items():
-            values = np.asarray(raw)
+        for name, values in data.items():
             if _is_numeric(values):
-                values = values.astype(np.float64)
+                values = _floats(values)
                 present = np.sort(values[~np.isnan(values)])
                 if len(present) == 0:
                     raise DriftError(f"reference column {name!r} has no values (all NaN)")
-                edges = st.quantile_edges(present, bins)
-                columns[name] = NumericReference(present, edges, st.histogram(present, edges),
+                quantiles = np.quantile(present, np.linspace(0, 1, GRID_POINTS + 1))
+                step = GRID_POINTS // bins  # the bin edges are exactly points of the grid
+                edges = np.unique(quantiles[step:GRID_POINTS - step + 1:step])
+                grid = np.unique(quantiles)
+                grid_cdf = np.searchsorted(present, grid, side="right") / len(present)
+                columns[name] = NumericReference(edges, st.histogram(present, edges), grid, grid_cdf,
                                                  float(present.std()) or 1.0, 1 - len(present) / rows)
             else:
                 categories, counts, missing = _categories(values)
@@ -127,8 +154,8 @@ class Reference:
         arrays, meta = {}, {"rows": self.rows, "columns": {}}
         for i, (name, ref) in enumerate(self.columns.items()):
             if isinstance(ref, NumericReference):
-                arrays.update({f"{i}_sorted": ref.sorted_values, f"{i}_edges": ref.edges,
-                               f"{i}_fractions": ref.fractions})
+                arrays.update({f"{i}_edges": ref.edges, f"{i}_fractions": ref.fractions, f"{i}_grid": ref.grid,
+                               f"{i}_grid_cdf": ref.grid_cdf})
                 meta["columns"][name] = {"index": i, "kind": "numeric", "std": ref.std,
                                          "nan_fraction": ref.nan_fraction}
             else:
@@ -150,15 +177,16 @@ class Reference:
             for name, m in meta["columns"].items():
                 i = m["index"]
                 if m["kind"] == "numeric":
-                    columns[name] = NumericReference(arrays[f"{i}_sorted"], arrays[f"{i}_edges"],
-                                                     arrays[f"{i}_fractions"], m["std"], m["nan_fraction"])
+                    columns[name] = NumericReference(arrays[f"{i}_edges"], arrays[f"{i}_fractions"],
+                                                     arrays[f"{i}_grid"], arrays[f"{i}_grid_cdf"], m["std"],
+                                                     m["nan_fraction"])
                 else:
                     columns[name] = CategoricalReference(m["categories"], arrays[f"{i}_counts"], m["nan_fraction"])
         return cls(columns, meta["rows"])
 
     # -- comparison -------------------------------------------------------------------------------
 
-    def compare(self, window: Mapping[str, np.ndarray], thresholds: DriftThresholds | None = None) -> DriftReport:
+    def compare(self, window: Mapping[str, Column], thresholds: DriftThresholds | None = None) -> DriftReport:
         """Score every reference column in `window` and decide whether the window drifted.
 
         Raises:
@@ -174,7 +202,7 @@ class Reference:
         if rows == 0:
             return DriftReport(status="no data", rows_reference=self.rows, rows_current=0, features=[], drifted=[],
                                drifted_share=0.0, reason="the window holds no rows")
-        features = [self._feature(name, np.asarray(window[name]), thresholds) for name in self.columns]
+        features = [self._feature(name, window[name], thresholds) for name in self.columns]
         drifted = [f.name for f in features if f.drifted]
         share = len(drifted) / len(features)
         keys = [k for k in thresholds.key_features if k in drifted]
@@ -184,25 +212,35 @@ class Reference:
         return DriftReport(status="drift" if is_drift else "no drift", rows_reference=self.rows, rows_current=rows,
                            features=features, drifted=drifted, drifted_share=share, reason=reason)
 
-    def _feature(self, name: str, values: np.ndarray, t: DriftThresholds) -> FeatureDrift:
+    def _feature(self, name: str, values: Column, t: DriftThresholds) -> FeatureDrift:
         ref = self.columns[name]
         if isinstance(ref, NumericReference):
             if not _is_numeric(values):
-                raise DriftError(f"column {name!r} was numeric in the reference but is {values.dtype} in the window")
-            values = values.astype(np.float64)
+                raise DriftError(f"column {name!r} was numeric in the reference but is {_dtype(values)} in the window")
+            values = _floats(values)
             nan = np.isnan(values)
             present = values[~nan]
             if len(present) == 0:  # nothing to compare: every value missing is drift in itself
                 return FeatureDrift(name=name, kind="numeric", score=float("inf"), nan_fraction_current=1.0,
                                     nan_fraction_reference=ref.nan_fraction, drifted=True)
-            ks, wasserstein = st.ks_and_wasserstein(ref.sorted_values, present)
+            grid, ref_cdf = ref.grid, ref.grid_cdf
+            outside = present[(present < grid[0]) | (present > grid[-1])]
+            if len(outside):  # the window reaches beyond the reference: grid that part by its own quantiles
+                extra = np.unique(np.quantile(outside, np.linspace(0, 1, 101)))
+                below, above = extra[extra < grid[0]], extra[extra > grid[-1]]
+                grid = np.concatenate([below, grid, above])
+                ref_cdf = np.concatenate([np.zeros(len(below)), ref_cdf, np.ones(len(above))])
+            cur_cdf = st.cdf_at(grid, present)
+            ks, wasserstein = st.ks_and_wasserstein_on_grid(grid, ref_cdf, cur_cdf)
             score = wasserstein / ref.std
-            psi = st.psi(ref.fractions, st.histogram(present, ref.edges))
+            # the decile edges are points of the grid (the same quantiles): their shares come for free
+            at_edges = cur_cdf[np.searchsorted(grid, ref.edges)]
+            psi = st.psi(ref.fractions, np.diff(np.concatenate([[0.0], at_edges, [1.0]])))
             return FeatureDrift(name=name, kind="numeric", score=score, psi=psi, ks=ks,
                                 nan_fraction_reference=ref.nan_fraction, nan_fraction_current=float(nan.mean()),
                                 drifted=score >= t.wasserstein or psi >= t.psi)
         if _is_numeric(values):
-            raise DriftError(f"column {name!r} held categories in the reference but is {values.dtype} in the window")
+            raise DriftError(f"column {name!r} held categories in the reference but is {_dtype(values)} in the window")
         categories, counts, missing = _categories(values)
         index = {c: i for i, c in enumerate(ref.categories)}
         current = np.zeros(len(ref.categories) + 1)  # the last slot: categories the reference never saw

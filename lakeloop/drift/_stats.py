@@ -53,12 +53,22 @@ def ks_and_wasserstein(reference_sorted: np.ndarray, current: np.ndarray) -> tup
     return float(gaps.max()), float(np.sum(gaps[:-1] * np.diff(grid)))
 
 
-def quantile_edges(values: np.ndarray, bins: int) -> np.ndarray:
-    """Interior bin edges at the reference's quantiles (duplicates removed: heavy ties make fewer bins)."""
-    return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
-
-
 def histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Fractions of `values` in the bins (-inf, e1], (e1, e2], ..., (ek, inf)."""
     counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
     return counts / max(len(values), 1)
+
+
+def cdf_at(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """P(X <= e) of `values` at each edge: one binary search per value (no sort)."""
+    counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
+    return np.cumsum(counts[:-1]) / max(len(values), 1)
+
+
+def ks_and_wasserstein_on_grid(edges: np.ndarray, cdf_reference: np.ndarray, cdf_current: np.ndarray) -> tuple[
+        float, float]:
+    """KS and Wasserstein-1 from both CDFs on a fine grid (the reference's quantiles, plus both
+    samples' extremes): the largest gap, and the area between the step functions. With 1,000
+    quantile edges they agree with the exact two-sample values to about 1/1,000 of the mass."""
+    gaps = np.abs(cdf_reference - cdf_current)
+    return float(gaps.max()), float(np.sum(gaps[:-1] * np.diff(edges)))

@@ -76,3 +76,14 @@ def test_empty_window_nans_and_schema_changes(reference):
         reference.compare({k: v for k, v in window.items() if k != "channel"})
     with pytest.raises(DriftError, match="'customer_age' was numeric in the reference"):
         reference.compare({**window, "customer_age": window["customer_age"].astype(str)})
+
+
+def test_cached_grid_agrees_with_the_exact_two_sample_statistics():
+    rng = np.random.default_rng(7)
+    reference = {"x": rng.lognormal(1, 0.6, 100_000), "k": rng.integers(0, 30, 100_000).astype(np.float64)}
+    window = {"x": rng.lognormal(1.2, 0.5, 50_000), "k": rng.integers(5, 40, 50_000).astype(np.float64)}
+    report = Reference.build(reference).compare(window)
+    for feature in report.features:
+        ks, wasserstein = ks_and_wasserstein(np.sort(reference[feature.name]), window[feature.name])
+        assert feature.ks == pytest.approx(ks, abs=2e-3)
+        assert feature.score * np.std(reference[feature.name]) == pytest.approx(wasserstein, rel=0.01)
