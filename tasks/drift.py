@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import numpy as np
+import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -76,7 +76,7 @@ def drift_reference(registry: RegistryConfig, data: DataConfig, drift: DriftConf
 
 @task(cache_policy=NO_CACHE)
 def read_traffic(data: DataConfig, drift: DriftConfig, registry: RegistryConfig, reference_dir: str,
-                 start: dt.datetime, end: dt.datetime) -> dict[str, np.ndarray]:
+                 start: dt.datetime, end: dt.datetime) -> dict[str, pa.ChunkedArray]:
     """The logged rows of the window, as the reference's columns (empty when there are none)."""
     client = LakeFSConnection.load(data.lakefs_block).client()
     table = logs.read_window(client, data.repository, drift.logs_branch, drift.logs_prefix, registry.model_name,
@@ -86,7 +86,7 @@ def read_traffic(data: DataConfig, drift: DriftConfig, registry: RegistryConfig,
 
 
 @task(cache_policy=NO_CACHE)
-def compare_window(reference_dir: str, window: dict[str, np.ndarray], drift: DriftConfig) -> DriftReport:
+def compare_window(reference_dir: str, window: dict[str, pa.ChunkedArray], drift: DriftConfig) -> DriftReport:
     reference = Reference.load(Path(reference_dir))
     rows = len(next(iter(window.values()))) if window else 0
     if rows < drift.min_rows:  # too little traffic to say anything: no data, not a failure
@@ -97,7 +97,7 @@ def compare_window(reference_dir: str, window: dict[str, np.ndarray], drift: Dri
 
 
 @task(cache_policy=NO_CACHE)
-def record_decision(report: DriftReport, reference_dir: str, window: dict[str, np.ndarray], data: DataConfig,
+def record_decision(report: DriftReport, reference_dir: str, window: dict[str, pa.ChunkedArray], data: DataConfig,
                     drift: DriftConfig, registry: RegistryConfig, version: int, manifest: dict,
                     start: dt.datetime, end: dt.datetime) -> DriftOutcome:
     """Hysteresis and cooldown, then the report in lakeFS, the artifacts, and the event on drift."""
