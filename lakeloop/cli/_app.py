@@ -392,6 +392,12 @@ def models_rollback(name: ModelName = "fraud", reason: Annotated[str, typer.Opti
     out.print(f"{name}@production → v{version} (rolled back)")
 
 
+# Vault options shared by the long-running services (model server, webhook receiver)
+VaultAddr = Annotated[str | None, typer.Option(envvar="VAULT_ADDR", help="Vault address.")]
+VaultAuth = Annotated[str | None, typer.Option(help="token, approle or kubernetes (default: from what is set).")]
+VaultRole = Annotated[str | None, typer.Option(help="Vault role for Kubernetes auth.")]
+
+
 def _cpu_list(text: str | None) -> list[int] | None:
     """'0', '0,2' or '0-3' → CPU numbers."""
     if not text:
@@ -435,13 +441,12 @@ def serve(
     poll_seconds: Annotated[float, typer.Option(help="How often the alias and API keys are re-read.")] = 5.0,
     lakefs_endpoint: Annotated[str | None, typer.Option(envvar="LAKELOOP_LAKEFS_URL",
                                                         help="lakeFS URL (keys come from Vault).")] = None,
-    vault_addr: Annotated[str | None, typer.Option(envvar="VAULT_ADDR", help="Vault address.")] = None,
+    vault_addr: VaultAddr = None,
     vault_approle_file: Annotated[str | None, typer.Option(
         envvar="LAKELOOP_SERVING_APPROLE_FILE", help="JSON file with the serving AppRole's role_id and secret_id.")]
     = None,
-    vault_auth: Annotated[str | None, typer.Option(help="token, approle or kubernetes (default: from what is set).")]
-    = None,
-    vault_role: Annotated[str | None, typer.Option(help="Vault role for Kubernetes auth.")] = None,
+    vault_auth: VaultAuth = None,
+    vault_role: VaultRole = None,
 ) -> None:
     """Serve an ONNX model on the Open Inference Protocol v2 (REST) with ONNX Runtime on CPU.
 
@@ -496,13 +501,12 @@ def webhook(
     = None,
     deliveries: Annotated[Path, typer.Option(help="SQLite file of the idempotency keys already handled.")] = Path(
         ".lakeloop/webhooks/deliveries.sqlite"),
-    vault_addr: Annotated[str | None, typer.Option(envvar="VAULT_ADDR", help="Vault address.")] = None,
+    vault_addr: VaultAddr = None,
     vault_approle_file: Annotated[str | None, typer.Option(
         envvar="LAKELOOP_WEBHOOK_APPROLE_FILE", help="JSON file with the webhook AppRole's role_id and secret_id.")]
     = None,
-    vault_auth: Annotated[str | None, typer.Option(help="token, approle or kubernetes (default: from what is set).")]
-    = None,
-    vault_role: Annotated[str | None, typer.Option(help="Vault role for Kubernetes auth.")] = None,
+    vault_auth: VaultAuth = None,
+    vault_role: VaultRole = None,
 ) -> None:
     """Receive lakeFS actions webhooks (POST /hooks/lakefs) and CI retrain requests (POST /hooks/retrain)
     and emit them as Prefect events, once per delivery. The bearer token comes from Vault

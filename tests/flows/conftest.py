@@ -24,3 +24,20 @@ def publish(tmp_path, data_blocks, lakefs_server) -> Callable[[int, int], tuple[
         return data, ingest_data(str(batch), data=data)
 
     return _publish
+
+
+@pytest.fixture
+def registry_for(lakefs_server, vault) -> Callable:
+    """registry_for(data) → (RegistryConfig, Registry) of a fresh registry beside that data repository;
+    the Registry signs with the pipeline's AppRole, as the register-model flow does."""
+    from lakeloop.config import RegistryConfig
+    from lakeloop.registry import Registry, VaultSigner
+    from lakeloop.secrets import VaultClient, VaultSettings
+
+    def _registry_for(data: DataConfig) -> tuple[RegistryConfig, Registry]:
+        name = f"{data.repository}-models"
+        config = RegistryConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
+        signer = VaultSigner(VaultClient(VaultSettings(address=vault.address, **vault.approle("pipeline"))))
+        return config, Registry(lakefs_server.client(), name, signer, config.storage_namespace)
+
+    return _registry_for

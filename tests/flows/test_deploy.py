@@ -17,12 +17,11 @@ from prefect.settings import PREFECT_API_URL
 from flows.deploy import deploy_model
 from flows.rollback import rollback_model
 from lakeloop.compression import export_onnx
-from lakeloop.config import DeployConfig, RegistryConfig
+from lakeloop.config import DeployConfig
 from lakeloop.data._wap import read_dataset
 from lakeloop.errors import DeploymentError
 from lakeloop.modeling.features import FeatureSpec, labels
 from lakeloop.modeling.nets import TabularNet
-from lakeloop.registry import Registry, VaultSigner
 from lakeloop.secrets import SERVING_PATH, VaultClient, VaultSettings
 from tests.serving.conftest import lakeloop_serve, nan_on_zero_amount
 
@@ -69,13 +68,11 @@ def events(name: str, resource: str, expected: int = 1) -> list[dict]:
     return found
 
 
-def test_deploy_reject_and_roll_back(tmp_path, publish, lakefs_server, vault):
+def test_deploy_reject_and_roll_back(tmp_path, publish, registry_for, lakefs_server, vault):
     data, published = publish(4_000, 31)
     frame = read_dataset(lakefs_server.client(), data.repository, published.commit_id, data.prefix)
-    name = f"{data.repository}-models"
-    registry_config = RegistryConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
-    signer = VaultSigner(VaultClient(VaultSettings(address=vault.address, **vault.approle("pipeline"))))
-    registry = Registry(lakefs_server.client(), name, signer, registry_config.storage_namespace)
+    registry_config, registry = registry_for(data)
+    name = registry_config.repository
     lineage = {"lineage": {"data_repository": data.repository, "data_commit": published.commit_id}}
     good = trained_model(frame, tmp_path / "good.onnx")
     for path in (good, inverted(good, tmp_path / "inverted.onnx"), nan_on_zero_amount(good, tmp_path / "nan.onnx")):

@@ -12,14 +12,12 @@ import onnxruntime as ort
 import pytest
 
 from flows.drift import monitor_drift
-from lakeloop.config import DriftConfig, RegistryConfig
+from lakeloop.config import DriftConfig
 from lakeloop.data._wap import read_dataset
 from lakeloop.data.generate import DriftKnobs, generate_transactions
 from lakeloop.deploy import raw_inputs
 from lakeloop.drift import DriftThresholds
 from lakeloop.modeling.features import FeatureSpec
-from lakeloop.registry import Registry, VaultSigner
-from lakeloop.secrets import VaultClient, VaultSettings
 from lakeloop.serving import InferenceLogger, LakeFSSink
 from tests.flows.test_deploy import events, trained_model
 
@@ -37,13 +35,11 @@ def serve_rows(frame, model: Path, sink: LakeFSSink, version: str) -> None:
     logger.flush()
 
 
-def test_monitor_drift_confirms_reports_and_cools_down(tmp_path, publish, lakefs_server, vault):
+def test_monitor_drift_confirms_reports_and_cools_down(tmp_path, publish, registry_for, lakefs_server):
     data, published = publish(4_000, 41)
     frame = read_dataset(lakefs_server.client(), data.repository, published.commit_id, data.prefix)
-    name = f"{data.repository}-models"
-    registry = RegistryConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
-    signer = VaultSigner(VaultClient(VaultSettings(address=vault.address, **vault.approle("pipeline"))))
-    reg = Registry(lakefs_server.client(), name, signer, registry.storage_namespace)
+    registry, reg = registry_for(data)
+    name = registry.repository
     config = DriftConfig(window_hours=1, min_rows=100, confirm_windows=2, cooldown_hours=1,
                          work_root=str(tmp_path / "drift"), thresholds=DriftThresholds(key_features=["amount"]))
 

@@ -6,18 +6,16 @@ import httpx
 import pytest
 
 from flows.retrain import retrain
-from lakeloop.config import CompressionConfig, DeployConfig, RegistryConfig, TrainingConfig
-from lakeloop.registry import Registry, VaultSigner
-from lakeloop.secrets import VaultClient, VaultSettings
+from lakeloop.config import CompressionConfig, DeployConfig, TrainingConfig
 from tests.serving.conftest import lakeloop_serve
 
 pytestmark = pytest.mark.lakefs
 
 
-def test_retrain_runs_the_whole_loop_into_production(tmp_path, publish, lakefs_server, vault):
+def test_retrain_runs_the_whole_loop_into_production(tmp_path, publish, registry_for, lakefs_server, vault):
     data, published = publish(4_000, 37)
-    name = f"{data.repository}-models"
-    registry = RegistryConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
+    registry, reg = registry_for(data)
+    name = registry.repository
     env = {"LAKELOOP_LAKEFS_URL": lakefs_server.endpoint, "VAULT_ADDR": vault.address,
            "LAKELOOP_SERVING_APPROLE_FILE": str(vault.credentials["serving"])}
     args = ["--model", "fraud", "--registry", name, "--workers", "1", "--poll-seconds", "0.5",
@@ -31,7 +29,5 @@ def test_retrain_runs_the_whole_loop_into_production(tmp_path, publish, lakefs_s
         assert result.data_commit == published.commit_id and result.version == 1
         assert result.deploy.status == "deployed" and result.deploy.smoke_rows > 0
         assert httpx.get(f"{served.url}/v2/health/ready").status_code == 200
-    signer = VaultSigner(VaultClient(VaultSettings(address=vault.address, **vault.approle("pipeline"))))
-    reg = Registry(lakefs_server.client(), name, signer)
     assert reg.alias("fraud", "production") == 1
     assert reg.manifest("fraud", 1)["lineage"]["data_commit"] == published.commit_id
