@@ -293,13 +293,13 @@ def _send_traffic(url: str, state_dir: Path) -> None:
     finally:
         client.close()
     table = Table("rows/request", "requests", "p50 ms", "p99 ms", "requests/s", "rows/s", "flagged as fraud",
-                  title=f"6. serving: fraud v{rows[0]['version']} at {url}/v2 (one sequential Python client; "
-                        "`make bench` has the wrk figures)")
+                  title=f"\n6. serving: fraud v{rows[0]['version']} at {url}/v2 (a sequential Python client)")
     for r in rows:
         table.add_row(str(r["batch"]), str(r["requests"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
                       f"{r['requests_per_s']:.0f}", f"{r['rows_per_s']:.0f}", str(r["flagged"]))
     out.print(table)
-    out.print(f"Inputs and outputs are logged to lakefs://lakeloop-data/inference-logs; metrics at {url}/metrics")
+    out.print(f"Inputs and outputs are logged to lakefs://lakeloop-data/inference-logs; metrics at {url}/metrics; "
+              "server-side figures under wrk: `make bench`")
 
 
 ModelName = Annotated[str, typer.Option("--name", help="Registered model name.")]
