@@ -31,17 +31,30 @@ def raw_feature_model(path: Path, seed: int = 0, state_dict_path: Path | None = 
     return export_onnx(net, spec, path)
 
 
-def nan_on_zero_amount(source: Path, path: Path) -> Path:
-    """A copy whose probability is NaN when amount is 0 (probability * amount / amount): a model
-    that looks fine on real rows but fails the server's smoke inference."""
+def _rewire_probability(source: Path, path: Path, constants: dict[str, np.ndarray], nodes: list) -> Path:
+    """Copy `source` with its `probability` output recomputed: the original is renamed
+    `probability_raw`, and `nodes` (which may use `constants`) must produce `probability` again."""
     model = onnx.load(source)
     graph = model.graph
     for node in graph.node:
         node.output[:] = ["probability_raw" if o == "probability" else o for o in node.output]
-    graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), "squeeze_axis"))
-    graph.node.extend([helper.make_node("Div", ["amount", "amount"], ["amount_ratio"]),
-                       helper.make_node("Squeeze", ["amount_ratio", "squeeze_axis"], ["amount_ratio_flat"]),
-                       helper.make_node("Mul", ["probability_raw", "amount_ratio_flat"], ["probability"])])
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
+    graph.node.extend(nodes)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def nan_on_zero_amount(source: Path, path: Path) -> Path:
+    """A copy whose probability is NaN when amount is 0 (probability * amount / amount): a model
+    that looks fine on real rows but fails the server's smoke inference."""
+    return _rewire_probability(source, path, {"squeeze_axis": np.array([1], dtype=np.int64)}, [
+        helper.make_node("Div", ["amount", "amount"], ["amount_ratio"]),
+        helper.make_node("Squeeze", ["amount_ratio", "squeeze_axis"], ["amount_ratio_flat"]),
+        helper.make_node("Mul", ["probability_raw", "amount_ratio_flat"], ["probability"])])
+
+
+def inverted(source: Path, path: Path) -> Path:
+    """The same model answering 1 - p: a challenger that must lose the gate."""
+    return _rewire_probability(source, path, {"inverted_one": np.array(1.0, dtype=np.float32)},
+                               [helper.make_node("Sub", ["inverted_one", "probability_raw"], ["probability"])])

@@ -92,17 +92,20 @@ class ServerClient:
                                   f"{_error(answer)}")
         return answer.json()["versions"][0]
 
-    def reload(self, expected: str, timeout: float = 60, confirmations: int = 5) -> None:
+    def reload(self, expected: str | None, timeout: float = 60, confirmations: int = 5) -> None:
         """Ask the server to load its alias's version now; wait until it serves `expected`.
 
         With several workers, each picks the change up on its own poll: the version must be seen
-        on `confirmations` requests in a row.
+        on `confirmations` requests in a row. With `expected` None the alias was removed: the
+        server stops serving (and answers the load with 400, which is what is asked for).
 
         Raises:
             DeploymentError: the server refused the version (verification or smoke inference
                 failed) or did not serve it within `timeout` seconds.
         """
         answer = self._call("POST", f"/v2/repository/models/{self.model}/load")
+        if expected is None:
+            return
         if answer.status_code != 200:
             raise DeploymentError(f"the model server refused {self.model} v{expected}: {_error(answer)}")
         deadline, seen = time.monotonic() + timeout, 0

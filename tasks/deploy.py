@@ -123,11 +123,8 @@ def switch_server(registry: RegistryConfig, deploy: DeployConfig, version: int) 
 def _reload_previous(txn: Transaction) -> None:
     registry, deploy, before = txn.get("registry"), txn.get("deploy"), txn.get("previous")
     server = _server(registry, deploy)
-    try:
-        if before is not None:
-            server.reload(str(before), timeout=deploy.swap_timeout)
-        else:  # nothing served before this deploy: the server stops serving (not ready) once it sees that
-            server._call("POST", f"/v2/repository/models/{registry.model_name}/load")
+    try:  # with nothing served before this deploy, the server stops serving (not ready)
+        server.reload(None if before is None else str(before), timeout=deploy.swap_timeout)
     finally:
         server.close()
 

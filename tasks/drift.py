@@ -50,11 +50,11 @@ def production_model(registry: RegistryConfig) -> tuple[int | None, dict]:
 
 @task(cache_policy=NO_CACHE)
 def drift_reference(registry: RegistryConfig, data: DataConfig, drift: DriftConfig, version: int,
-                    manifest: dict) -> str:
-    """The reference of `version`, built once from its training rows and cached; returns its folder."""
+                    manifest: dict) -> Reference:
+    """The reference of `version`: built once from its training rows, cached on disk, loaded once per run."""
     folder = Path(drift.work_root) / registry.repository / registry.model_name / f"v{version}"
     if (folder / "reference.json").exists():
-        return str(folder)
+        return Reference.load(folder)
     connection = LakeFSConnection.load(registry.lakefs_block)
     reg = connection.registry(registry.repository, registry.storage_namespace)
     model_dir = folder / "model"
@@ -68,26 +68,25 @@ def drift_reference(registry: RegistryConfig, data: DataConfig, drift: DriftConf
         train = train.sample(drift.reference_rows, random_state=0)
     columns = {name: train[name].to_numpy() for name in (*spec.numeric, *spec.categorical)}
     columns[SCORE] = d.score(model_dir / "model.onnx", train)
-    Reference.build(columns, drift.thresholds.bins).save(folder)
+    reference = Reference.build(columns, drift.thresholds.bins)
+    reference.save(folder)
     get_run_logger().info("built the drift reference of v%d from %d training rows at %s", version, len(train),
                           lineage["data_commit"][:12])
-    return str(folder)
+    return reference
 
 
 @task(cache_policy=NO_CACHE)
-def read_traffic(data: DataConfig, drift: DriftConfig, registry: RegistryConfig, reference_dir: str,
+def read_traffic(data: DataConfig, drift: DriftConfig, registry: RegistryConfig, reference: Reference,
                  start: dt.datetime, end: dt.datetime) -> dict[str, pa.ChunkedArray]:
     """The logged rows of the window, as the reference's columns (empty when there are none)."""
     client = LakeFSConnection.load(data.lakefs_block).client()
     table = logs.read_window(client, data.repository, drift.logs_branch, drift.logs_prefix, registry.model_name,
                              start, end)
-    names = list(Reference.load(Path(reference_dir)).columns)
-    return logs.columns_of(table, names)
+    return logs.columns_of(table, list(reference.columns))
 
 
 @task(cache_policy=NO_CACHE)
-def compare_window(reference_dir: str, window: dict[str, pa.ChunkedArray], drift: DriftConfig) -> DriftReport:
-    reference = Reference.load(Path(reference_dir))
+def compare_window(reference: Reference, window: dict[str, pa.ChunkedArray], drift: DriftConfig) -> DriftReport:
     rows = len(next(iter(window.values()))) if window else 0
     if rows < drift.min_rows:  # too little traffic to say anything: no data, not a failure
         return DriftReport(status="no data", rows_reference=reference.rows, rows_current=rows, features=[],
@@ -97,7 +96,7 @@ def compare_window(reference_dir: str, window: dict[str, pa.ChunkedArray], drift
 
 
 @task(cache_policy=NO_CACHE)
-def record_decision(report: DriftReport, reference_dir: str, window: dict[str, pa.ChunkedArray], data: DataConfig,
+def record_decision(report: DriftReport, reference: Reference, window: dict[str, pa.ChunkedArray], data: DataConfig,
                     drift: DriftConfig, registry: RegistryConfig, version: int, manifest: dict,
                     start: dt.datetime, end: dt.datetime) -> DriftOutcome:
     """Hysteresis and cooldown, then the report in lakeFS, the artifacts, and the event on drift."""
@@ -114,7 +113,7 @@ def record_decision(report: DriftReport, reference_dir: str, window: dict[str, p
               "reference": {"data_repository": lineage.get("data_repository"),
                             "data_commit": lineage.get("data_commit")},
               "report": report.model_dump()}
-    plots = plot_features(Reference.load(Path(reference_dir)), window, report) if report.features else {}
+    plots = plot_features(reference, window, report) if report.features else {}
     commit = logs.save_report(client, data.repository, drift.logs_branch, model, end, record, plots)
     _artifacts(report, status, why, model, version, start, end)
     if emit:

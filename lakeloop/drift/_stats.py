@@ -38,21 +38,6 @@ def chi_square(reference_counts: np.ndarray, current_counts: np.ndarray) -> floa
     return float(np.sum((current_counts - expected) ** 2 / expected))
 
 
-def ks_and_wasserstein(reference_sorted: np.ndarray, current: np.ndarray) -> tuple[float, float]:
-    """KS statistic and Wasserstein-1 distance from one pass over the merged sorted samples.
-
-    Both are functionals of the two empirical CDFs evaluated on the union of the samples: KS is
-    their largest gap, Wasserstein the area between them.
-    """
-    current_sorted = np.sort(current)
-    grid = np.concatenate([reference_sorted, current_sorted])
-    grid.sort(kind="mergesort")  # two sorted runs: a merge
-    cdf_ref = np.searchsorted(reference_sorted, grid, side="right") / len(reference_sorted)
-    cdf_cur = np.searchsorted(current_sorted, grid, side="right") / len(current_sorted)
-    gaps = np.abs(cdf_ref - cdf_cur)
-    return float(gaps.max()), float(np.sum(gaps[:-1] * np.diff(grid)))
-
-
 def histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Fractions of `values` in the bins (-inf, e1], (e1, e2], ..., (ek, inf)."""
     counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)

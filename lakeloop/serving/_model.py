@@ -13,7 +13,7 @@ import onnxruntime as ort
 from pydantic import BaseModel, Field
 
 from lakeloop.errors import ServingError
-from lakeloop.serving._protocol import InputSpec
+from lakeloop.serving._protocol import NUMPY_OF, InputSpec
 
 V2_OF_ONNX = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(string)": "BYTES",
               "tensor(double)": "FP64", "tensor(int32)": "INT32", "tensor(bool)": "BOOL"}
@@ -64,7 +64,7 @@ class LoadedModel:
             ServingError: the model fails or answers NaN/inf: it must not serve.
         """
         feeds = {s.name: (np.array([[""]], dtype=object) if s.datatype == "BYTES"
-                          else np.zeros((1, 1), dtype=_NUMPY[s.datatype])) for s in self.inputs.values()}
+                          else np.zeros((1, 1), dtype=NUMPY_OF[s.datatype])) for s in self.inputs.values()}
         try:
             result = self.run(feeds)
         except Exception as exc:  # ORT raises its own exception types
@@ -73,9 +73,6 @@ class LoadedModel:
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
                 raise ServingError(f"{self.name} v{self.version}: the smoke inference gave non-finite {name!r} "
                                    "(NaN or infinity): refusing to serve it")
-
-
-_NUMPY = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32, "BOOL": np.bool_}
 
 
 def load(path: Path, name: str, version: str, tuning: Tuning | None = None) -> LoadedModel:

@@ -103,8 +103,7 @@ def create_app(token: Callable[[], str], events: PrefectEvents, deliveries: Deli
         return JSONResponse({"error": "missing or invalid token: send 'Authorization: Bearer <token>'"}, 401,
                             headers={"www-authenticate": "Bearer"})
 
-    async def read_json(request: Request) -> dict | JSONResponse:
-        body = await request.body()
+    def read_json(body: bytes) -> dict | JSONResponse:
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -128,7 +127,7 @@ def create_app(token: Callable[[], str], events: PrefectEvents, deliveries: Deli
     async def lakefs_hook(request: Request) -> JSONResponse:
         if not authorized(request):
             return unauthorized()
-        data = await read_json(request)
+        data = read_json(await request.body())
         if isinstance(data, JSONResponse):
             return data
         missing = [f for f in LAKEFS_REQUIRED if not isinstance(data.get(f), str) or not data.get(f)]
@@ -154,7 +153,7 @@ def create_app(token: Callable[[], str], events: PrefectEvents, deliveries: Deli
         if not authorized(request):
             return unauthorized()
         body = await request.body()
-        data = await read_json(request)
+        data = read_json(body)
         if isinstance(data, JSONResponse):
             return data
         reason = data.get("reason")

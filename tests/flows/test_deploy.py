@@ -3,17 +3,13 @@ failure inside the transaction that rolls the alias and the server back."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import helper
-from prefect.settings import PREFECT_API_URL
 
+from benchmarks._models import inverted, nan_on_zero_amount
 from flows.deploy import deploy_model
 from flows.rollback import rollback_model
 from lakeloop.compression import export_onnx
@@ -23,7 +19,8 @@ from lakeloop.errors import DeploymentError
 from lakeloop.modeling.features import FeatureSpec, labels
 from lakeloop.modeling.nets import TabularNet
 from lakeloop.secrets import SERVING_PATH, VaultClient, VaultSettings
-from tests.serving.conftest import lakeloop_serve, nan_on_zero_amount
+from tests._events import prefect_events
+from tests.serving.conftest import lakeloop_serve
 
 pytestmark = pytest.mark.lakefs
 
@@ -43,29 +40,6 @@ def trained_model(frame, path: Path, epochs: int = 30) -> Path:
         loss.backward()
         optimiser.step()
     return export_onnx(net.eval(), spec, path)
-
-
-def inverted(source: Path, path: Path) -> Path:
-    """The same model answering 1 - p: a challenger that must lose the gate."""
-    model = onnx.load(source)
-    for node in model.graph.node:
-        node.output[:] = ["p_raw" if o == "probability" else o for o in node.output]
-    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"))
-    model.graph.node.append(helper.make_node("Sub", ["one", "p_raw"], ["probability"]))
-    onnx.save(model, path)
-    return path
-
-
-def events(name: str, resource: str, expected: int = 1) -> list[dict]:
-    """The events of `name` about `resource`, once at least `expected` have arrived (30 s at most)."""
-    query = {"filter": {"event": {"name": [name]}, "resource": {"id": [resource]}}, "limit": 10}
-    deadline, found = time.monotonic() + 30, []
-    while time.monotonic() < deadline:
-        found = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=query).json()["events"]
-        if len(found) >= expected:
-            return found
-        time.sleep(0.5)
-    return found
 
 
 def test_deploy_reject_and_roll_back(tmp_path, publish, registry_for, lakefs_server, vault):
@@ -119,7 +93,7 @@ def test_deploy_reject_and_roll_back(tmp_path, publish, registry_for, lakefs_ser
         assert answer.json()["versions"] == ["1"] and registry.alias("fraud", "previous") == 4
 
     resource = f"lakeloop.model.{name}.fraud"
-    deployed = events("lakeloop.model.deployed", resource, 2)
-    rolled_back = events("lakeloop.model.rolled-back", resource, 2)
+    deployed = prefect_events("lakeloop.model.deployed", resource, 2)
+    rolled_back = prefect_events("lakeloop.model.rolled-back", resource, 2)
     assert sorted(e["payload"]["version"] for e in deployed) == [1, 4]
     assert sorted((e["payload"]["version"], e["payload"]["previous"]) for e in rolled_back) == [(1, 4), (3, 1)]

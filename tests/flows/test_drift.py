@@ -19,7 +19,8 @@ from lakeloop.deploy import raw_inputs
 from lakeloop.drift import DriftThresholds
 from lakeloop.modeling.features import FeatureSpec
 from lakeloop.serving import InferenceLogger, LakeFSSink
-from tests.flows.test_deploy import events, trained_model
+from tests._events import prefect_events
+from tests.flows.test_deploy import trained_model
 
 pytestmark = pytest.mark.lakefs
 
@@ -79,7 +80,7 @@ def test_monitor_drift_confirms_reports_and_cools_down(tmp_path, publish, regist
     third = after_normal(2)
     assert third.status == "drift (cooldown)" and not third.event_emitted
 
-    detected = events("lakeloop.drift.detected", f"lakeloop.model.{name}.fraud")
+    detected = prefect_events("lakeloop.drift.detected", f"lakeloop.model.{name}.fraud")
     assert len(detected) == 1
     payload = detected[0]["payload"]
     assert payload["version"] == 1 and payload["reference_commit"] == published.commit_id

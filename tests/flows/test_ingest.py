@@ -166,21 +166,13 @@ def test_truncated_real_parquet_is_refused(tmp_path, data, lakefs_server):
 
 
 def test_publishing_emits_a_prefect_event(tmp_path, data, lakefs_server):
-    import time
 
-    import httpx
-    from prefect.settings import PREFECT_API_URL
+    from tests._events import prefect_events
 
     path = tmp_path / "evented.parquet"
     generate_transactions(100, seed=77).to_parquet(path)
     result = ingest_data(str(path), data=data)
-    query = {"filter": {"event": {"name": ["lakeloop.data.published"]},
-                        "resource": {"id": [f"lakefs.{data.repository}.main"]}}, "limit": 10}
-    deadline = time.monotonic() + 30
-    events = []
-    while time.monotonic() < deadline and not events:
-        events = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=query).json()["events"]
-        time.sleep(0.5)
+    events = prefect_events("lakeloop.data.published", f"lakefs.{data.repository}.main")
     assert len(events) == 1
     assert events[0]["payload"]["commit_id"] == result.commit_id
     assert events[0]["payload"]["rows"] == 100

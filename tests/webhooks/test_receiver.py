@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import secrets
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from prefect.settings import PREFECT_API_URL
 
 from lakeloop.devstack import _proc
 from lakeloop.secrets import WEBHOOK_PATH
+from tests._events import prefect_events
 from tests.conftest import LakeFSEndpoint, start_embedded_lakefs
 
 pytestmark = pytest.mark.lakefs
@@ -47,18 +47,6 @@ def hooks(tmp_path, vault, prefect_api) -> Iterator[tuple[str, str]]:
            "LAKELOOP_WEBHOOK_APPROLE_FILE": str(vault.credentials["webhook"])}
     with receiver(tmp_path, env) as url:
         yield url, token
-
-
-def events(name: str, resource: str, expected: int) -> list[dict]:
-    query = {"filter": {"event": {"name": [name]}, "resource": {"id": [resource]}}, "limit": 50}
-    deadline, found = time.monotonic() + 20, []
-    while time.monotonic() < deadline:
-        found = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=query).json()["events"]
-        if len(found) >= expected:
-            time.sleep(2)  # and nothing more arrives
-            return httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=query).json()["events"]
-        time.sleep(0.5)
-    return found
 
 
 def lakefs_payload(repository: str, commit: str, **changes) -> dict:
@@ -100,7 +88,7 @@ def test_a_flood_of_duplicates_emits_one_event(hooks):
     with ThreadPoolExecutor(max_workers=16) as pool:
         statuses = list(pool.map(deliver, range(1_000)))
     assert statuses.count("accepted") == 1 and statuses.count("duplicate") == 999
-    found = events("lakeloop.data.published", f"lakefs.{repository}.main", 1)
+    found = prefect_events("lakeloop.data.published", f"lakefs.{repository}.main", settle=2)
     assert len(found) == 1 and found[0]["payload"]["source"] == "lakefs-webhook"
 
 
@@ -115,7 +103,7 @@ def test_ci_retrain_request_is_idempotent_by_key(hooks):
     assert first.status_code == again.status_code == 202
     assert first.json()["status"] == "accepted" and again.json()["status"] == "duplicate"
     assert first.json()["event_id"] == again.json()["event_id"]
-    found = [e for e in events("lakeloop.retrain.requested", "lakeloop.retrain", 1)
+    found = [e for e in prefect_events("lakeloop.retrain.requested", "lakeloop.retrain", settle=2)
              if e["payload"]["reason"] == reason]
     assert len(found) == 1 and found[0]["payload"]["requested_by"] == "gitlab"
 
@@ -147,7 +135,7 @@ hooks:
         ingest.object("transactions/part-0.parquet").upload(b"not really parquet")
         ingest.commit("stage", metadata={"batch_id": "b1"})
         merged = ingest.merge_into(main, message="publish")
-        found = events("lakeloop.data.published", f"lakefs.{repo.id}.main", 1)
+        found = prefect_events("lakeloop.data.published", f"lakefs.{repo.id}.main", settle=2)
         assert len(found) == 1 and found[0]["payload"]["commit_id"] == merged
     finally:
         _proc.stop(process.pid)
@@ -167,5 +155,5 @@ def test_the_webhook_and_the_ingest_flow_announce_a_merge_once(hooks, data_block
     answer = httpx.post(f"{url}/hooks/lakefs", json=lakefs_payload(name, published.commit_id),
                         headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 202 and answer.json()["status"] == "accepted"
-    found = events("lakeloop.data.published", f"lakefs.{name}.main", 1)
+    found = prefect_events("lakeloop.data.published", f"lakefs.{name}.main", settle=2)
     assert len(found) == 1 and found[0]["id"] == answer.json()["event_id"]  # one id: triggers act once
