@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-run: $(STAMP)  ## start the embedded stack, run the loop as far as it exists, stop the stack
+run: $(STAMP)  ## start the embedded stack, run the whole loop through its triggers, stop the stack
 	$(VENV)/bin/lakeloop demo --state-dir $(STATE)
 
 test: $(STAMP)  ## the default suite (a few minutes on 2 cores)
@@ -37,6 +37,7 @@ bench: $(STAMP) bench-tools
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/drift.py
+	$(PY) benchmarks/loop.py
 	$(PY) benchmarks/gpu_train.py
 
 # wrk (Debian package) drives the serving benchmark; KServe and Evidently get venvs of their own

@@ -20,7 +20,8 @@ def compress_model(run: TrainResult, data: DataConfig | None = None,
     _, frame = pull(data, run.data_commit)
     report = build_and_measure(run.workdir, frame, compression or CompressionConfig())
     publish_compression_report(report)
-    get_run_logger().info("chose %s (%s %.4f vs %.4f uncompressed)", report.chosen, report.primary_metric,
+    get_run_logger().info("chose %s (%s %.4f vs %.4f uncompressed)%s", report.chosen, report.primary_metric,
                           next(r["primary_metric"] for r in report.table if r["name"] == report.chosen),
-                          report.baseline)
+                          report.baseline, "; reused the measurement of the same weights and config"
+                          if report.reused else "")
     return report

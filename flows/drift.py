@@ -11,6 +11,7 @@ from tasks.drift import (
     DriftOutcome,
     compare_window,
     drift_reference,
+    labelled_performance,
     production_model,
     read_traffic,
     record_decision,
@@ -23,7 +24,8 @@ def monitor_drift(data: DataConfig | None = None, registry: RegistryConfig | Non
     """Score the last `window_hours` of logged traffic against the production model's training data.
 
     Numbers: normalised Wasserstein and PSI (KS reported); categories: Jensen-Shannon (chi-square
-    reported, unseen categories counted); the model's score as well. A confirmed drift (see
+    reported, unseen categories counted); the model's score as well; and, when labelled rows were
+    published since the model's data commit, its primary metric on them. A confirmed drift (see
     `confirm_windows`, `cooldown_hours`) emits `lakeloop.drift.detected`, which starts `retrain`.
     The report and plots are committed to lakeFS next to the logs; the table is a Prefect artifact.
     """
@@ -38,4 +40,6 @@ def monitor_drift(data: DataConfig | None = None, registry: RegistryConfig | Non
     reference = drift_reference(registry, data, drift, version, manifest)
     window = read_traffic(data, drift, registry, reference, start, end)
     report = compare_window(reference, window, drift)
-    return record_decision(report, reference, window, data, drift, registry, version, manifest, start, end)
+    performance = labelled_performance(registry, data, drift, version, manifest)
+    return record_decision(report, reference, window, data, drift, registry, version, manifest, start, end,
+                           performance)

@@ -9,7 +9,9 @@ from flows.compress import compress_model
 from flows.deploy import DeployResult, deploy_model
 from flows.register import register
 from flows.train import train_model
+from lakeloop.compression import CompressionReport
 from lakeloop.config import CompressionConfig, DataConfig, DeployConfig, RegistryConfig, TrainingConfig
+from tasks.training import TrainResult
 
 
 class RetrainResult(BaseModel):
@@ -17,9 +19,13 @@ class RetrainResult(BaseModel):
     version: int
     chosen: str
     deploy: DeployResult
+    reason: str = ""
+    training: TrainResult | None = None
+    compression: CompressionReport | None = None
 
 
-@flow(name="retrain", log_prints=True)
+# The result is persisted so that whoever started the run (`lakeloop demo`, a script) can read it back.
+@flow(name="retrain", log_prints=True, persist_result=True)
 def retrain(data: DataConfig | None = None, training: TrainingConfig | None = None,
             compression: CompressionConfig | None = None, registry: RegistryConfig | None = None,
             deploy: DeployConfig | None = None, ref: str | None = None, reason: str = "manual") -> RetrainResult:
@@ -31,4 +37,5 @@ def retrain(data: DataConfig | None = None, training: TrainingConfig | None = No
     report = compress_model(run, data=data, compression=compression)
     version = register(run.workdir, report, registry)
     result = deploy_model(version.version, data=data, registry=registry, deploy=deploy)
-    return RetrainResult(data_commit=run.data_commit, version=version.version, chosen=report.chosen, deploy=result)
+    return RetrainResult(data_commit=run.data_commit, version=version.version, chosen=report.chosen, deploy=result,
+                         reason=reason, training=run, compression=report)

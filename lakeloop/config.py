@@ -5,11 +5,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from lakeloop.drift import DriftThresholds
+
+SCORE_FEATURE = "output_probability"  # the served model's score, compared like any numeric feature
+
+
+def state_path(sub: str) -> str:
+    """A folder under the stack's state directory (LAKELOOP_STATE_DIR, default .lakeloop): flow runs
+    started by a worker keep their files next to the stack that started them."""
+    return str(Path(os.environ.get("LAKELOOP_STATE_DIR") or ".lakeloop") / sub)
+
+
+def serving_url() -> str:
+    """The model server deploys switch: LAKELOOP_SERVING_URL (set by `lakeloop dev up`), else port 8080."""
+    return os.environ.get("LAKELOOP_SERVING_URL") or "http://127.0.0.1:8080"
 
 
 class DataConfig(BaseModel):
@@ -48,7 +63,8 @@ class TrainingConfig(BaseModel):
         "auto", description="auto: DDP when more than one process, else one device; ddp: DDP even for one.")
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
         "auto", description="auto: bf16-mixed on GPUs, 32-true on CPUs.")
-    work_root: str = Field(".lakeloop/training", description="Where runs keep data, checkpoints and results.")
+    work_root: str = Field(default_factory=lambda: state_path("training"),
+                           description="Where runs keep data, checkpoints and results.")
 
     def run_key(self, commit_id: str) -> str:
         """Identifies a run: the data commit plus everything that changes the result (not the layout)."""
@@ -90,10 +106,12 @@ class DeployConfig(BaseModel):
     primary_metric: Literal["pr_auc", "roc_auc", "f1", "accuracy"] = Field(
         "pr_auc", description="Metric the challenger and the champion are compared on (same test split).")
     tolerance: float = Field(0.01, ge=0, description="How much worse than the champion the challenger may be.")
-    server_url: str = Field("http://127.0.0.1:8080", description="The `lakeloop serve` that follows the alias.")
+    server_url: str = Field(default_factory=serving_url, description="The `lakeloop serve` that follows the alias "
+                            "(default: LAKELOOP_SERVING_URL, else http://127.0.0.1:8080).")
     swap_timeout: float = Field(60, gt=0, description="Seconds the server may take to serve the new version.")
     smoke_rows: int = Field(256, ge=1, description="Test rows sent through the V2 endpoint after the swap.")
-    work_root: str = Field(".lakeloop/deploy", description="Where verified copies of both models are kept.")
+    work_root: str = Field(default_factory=lambda: state_path("deploy"),
+                           description="Where verified copies of both models are kept.")
 
 
 class DriftConfig(BaseModel):
@@ -101,10 +119,15 @@ class DriftConfig(BaseModel):
 
     window_hours: float = Field(24, gt=0, description="Length of the traffic window that is compared.")
     min_rows: int = Field(100, ge=1, description="A window with fewer logged rows counts as no data.")
-    thresholds: DriftThresholds = Field(default_factory=DriftThresholds, description="When features drift.")
+    thresholds: DriftThresholds = Field(
+        default_factory=lambda: DriftThresholds(key_features=[SCORE_FEATURE]),
+        description="When features drift; the model's score is a key feature: when it moves, the window drifts.")
+    performance_drop: float = Field(
+        0.05, ge=0, description="Labelled rows published since the model's data commit: the window drifts when the "
+                                "model's primary metric on them is this much below its test score.")
     confirm_windows: int = Field(2, ge=1, description="Consecutive drifted windows needed before acting.")
     cooldown_hours: float = Field(6, ge=0, description="After a drift event, no new one for this long.")
     reference_rows: int = Field(200_000, ge=1000, description="Most training rows the reference keeps.")
     logs_branch: str = Field("inference-logs", description="Branch of the data repository with the logs.")
     logs_prefix: str = Field("inference", description="Path prefix of the inference logs.")
-    work_root: str = Field(".lakeloop/drift", description="Where cached references live.")
+    work_root: str = Field(default_factory=lambda: state_path("drift"), description="Where cached references live.")

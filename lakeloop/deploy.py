@@ -56,9 +56,14 @@ class GateDecision:
     def explain(self) -> str:
         if self.champion is None:
             return f"no champion: challenger {self.metric} {self.challenger:.4f} on {self.rows} test rows"
-        verdict = "within" if self.passed else "worse than"
+        if self.challenger > self.champion:
+            verdict = "better"
+        elif self.passed:
+            verdict = f"within the tolerance of {self.tolerance:.4f}"
+        else:
+            verdict = f"worse by more than the tolerance of {self.tolerance:.4f}"
         return (f"challenger {self.metric} {self.challenger:.4f} vs champion {self.champion:.4f} on the same "
-                f"{self.rows} test rows: {verdict} the tolerance of {self.tolerance:.4f}")
+                f"{self.rows} test rows: {verdict}")
 
 
 def gate(challenger: Path, champion: Path | None, test: pd.DataFrame, metric: str, tolerance: float) -> GateDecision:
@@ -118,13 +123,17 @@ class ServerClient:
             if seen < confirmations:
                 time.sleep(0.05 if version == expected else 0.25)
 
-    def infer(self, frame: pd.DataFrame, inputs: list[dict]) -> tuple[str, np.ndarray]:
-        """Score `frame` through the V2 endpoint (JSON); returns (model_version, probabilities)."""
+    def infer(self, frame: pd.DataFrame, inputs: list[dict], logged: bool = True) -> tuple[str, np.ndarray]:
+        """Score `frame` through the V2 endpoint (JSON); returns (model_version, probabilities).
+
+        `logged=False` keeps the rows out of the server's inference logs (smoke tests are not traffic).
+        """
         body = {"inputs": [{"name": i["name"], "datatype": i["datatype"], "shape": [len(frame), 1],
                             "data": (frame[i["name"]].astype(str) if i["datatype"] == "BYTES"
                                      else frame[i["name"]]).tolist()} for i in inputs],
                 "outputs": [{"name": "probability"}]}
-        answer = self._call("POST", f"/v2/models/{self.model}/infer", json=body)
+        answer = self._call("POST", f"/v2/models/{self.model}/infer", json=body,
+                            headers=None if logged else {"Lakeloop-Log": "skip"})
         if answer.status_code != 200:
             raise DeploymentError(f"smoke inference answered {answer.status_code}: {_error(answer)}")
         result = answer.json()
@@ -137,7 +146,7 @@ class ServerClient:
             DeploymentError: another version answered, or the outputs differ.
         """
         metadata = self._call("GET", f"/v2/models/{self.model}").json()
-        version, served = self.infer(frame, metadata["inputs"])
+        version, served = self.infer(frame, metadata["inputs"], logged=False)
         if version != expected_version:
             raise DeploymentError(f"smoke test: v{version} answered, expected v{expected_version}")
         if served.shape != expected.shape or not np.allclose(served, expected, atol=atol):

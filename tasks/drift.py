@@ -15,15 +15,29 @@ from pydantic import BaseModel
 
 from blocks import LakeFSConnection
 from lakeloop import deploy as d
-from lakeloop.config import DataConfig, DriftConfig, RegistryConfig
+from lakeloop.config import SCORE_FEATURE, DataConfig, DriftConfig, RegistryConfig
 from lakeloop.data import _wap as wap
 from lakeloop.drift import DriftReport, Reference
 from lakeloop.drift import _window as logs
 from lakeloop.drift._decide import decide
 from lakeloop.drift._plots import plot_features
-from lakeloop.modeling.features import FeatureSpec, split_of
+from lakeloop.modeling.features import FeatureSpec, labels, split_of
+from lakeloop.modeling.metrics import classification_metrics
 
-SCORE = "output_probability"  # the served model's score: its drift is reported like a feature's
+SCORE = SCORE_FEATURE  # the served model's score: its drift is reported like a feature's
+
+
+class Performance(BaseModel):
+    """The production model on labelled rows published after its data commit (rows it never saw)."""
+
+    rows: int
+    since_commit: str
+    head_commit: str
+    metric: str
+    current: float
+    at_training: float  # the deployed variant's score on its own test split
+    drop: float
+    degraded: bool
 
 
 class DriftOutcome(BaseModel):
@@ -38,6 +52,9 @@ class DriftOutcome(BaseModel):
     scores: dict[str, float] = {}
     event_emitted: bool = False
     report_commit: str | None = None
+    performance: Performance | None = None
+
+
 
 
 @task(cache_policy=NO_CACHE)
@@ -86,6 +103,35 @@ def read_traffic(data: DataConfig, drift: DriftConfig, registry: RegistryConfig,
 
 
 @task(cache_policy=NO_CACHE)
+def labelled_performance(registry: RegistryConfig, data: DataConfig, drift: DriftConfig, version: int,
+                         manifest: dict) -> Performance | None:
+    """Score the labelled rows published to the data branch since the model's data commit (None if none)."""
+    client = LakeFSConnection.load(data.lakefs_block).client()
+    lineage = manifest.get("lineage", {})
+    repository, since = lineage.get("data_repository", data.repository), lineage.get("data_commit")
+    if not since:
+        return None
+    head = wap.resolve_commit(client, repository, data.branch)
+    if head == since:
+        return None
+    frame = wap.read_added_since(client, repository, since, head, data.prefix)
+    if frame is None or frame.empty:
+        return None
+    compression = manifest.get("compression", {})
+    metric = compression.get("config", {}).get("primary_metric", "pr_auc")
+    chosen = next((row for row in compression.get("table", []) if row.get("name") == compression.get("chosen")), {})
+    at_training = float(chosen.get("primary_metric", manifest.get("metrics", {}).get(metric, float("nan"))))
+    model = Path(drift.work_root) / registry.repository / registry.model_name / f"v{version}" / "model" / "model.onnx"
+    current = float(classification_metrics(labels(frame), d.score(model, frame))[metric])
+    drop = at_training - current
+    performance = Performance(rows=len(frame), since_commit=since, head_commit=head, metric=metric, current=current,
+                              at_training=at_training, drop=drop, degraded=drop > drift.performance_drop)
+    get_run_logger().info("v%d on %d labelled rows published since %s: %s %.4f (%.4f at training)", version,
+                          len(frame), since[:12], metric, current, at_training)
+    return performance
+
+
+@task(cache_policy=NO_CACHE)
 def compare_window(reference: Reference, window: dict[str, pa.ChunkedArray], drift: DriftConfig) -> DriftReport:
     rows = len(next(iter(window.values()))) if window else 0
     if rows < drift.min_rows:  # too little traffic to say anything: no data, not a failure
@@ -98,40 +144,54 @@ def compare_window(reference: Reference, window: dict[str, pa.ChunkedArray], dri
 @task(cache_policy=NO_CACHE)
 def record_decision(report: DriftReport, reference: Reference, window: dict[str, pa.ChunkedArray], data: DataConfig,
                     drift: DriftConfig, registry: RegistryConfig, version: int, manifest: dict,
-                    start: dt.datetime, end: dt.datetime) -> DriftOutcome:
-    """Hysteresis and cooldown, then the report in lakeFS, the artifacts, and the event on drift."""
+                    start: dt.datetime, end: dt.datetime, performance: Performance | None = None) -> DriftOutcome:
+    """Hysteresis and cooldown, then the report in lakeFS, the artifacts, and the event on drift.
+
+    A degraded score on newly labelled rows makes the window drift even when no feature does.
+    """
     client = LakeFSConnection.load(data.lakefs_block).client()
     model = registry.model_name
     previous = [r for r in logs.recent_reports(client, data.repository, drift.logs_branch, model,
                                                drift.confirm_windows + 20) if r.get("version") == version]
-    status, emit, why = decide(report.status, previous, drift.confirm_windows,
+    raw_status, reason = report.status, report.reason
+    if performance is not None:
+        reason += (f"; {performance.metric} {performance.current:.4f} on {performance.rows} labelled rows published "
+                   f"since {performance.since_commit[:12]} ({performance.at_training:.4f} at training"
+                   + (f", down more than {drift.performance_drop}: degraded)" if performance.degraded else ")"))
+        if performance.degraded:
+            raw_status = "drift"
+    status, emit, why = decide(raw_status, previous, drift.confirm_windows,
                                dt.timedelta(hours=drift.cooldown_hours), end)
     lineage = manifest.get("lineage", {})
     scores = {f.name: round(f.score, 4) for f in report.features}
     record = {"model": model, "version": version, "window_start": start.isoformat(), "window_end": end.isoformat(),
-              "raw_status": report.status, "status": status, "why": why, "event_emitted": emit,
+              "raw_status": raw_status, "status": status, "why": why, "event_emitted": emit,
+              "performance": performance.model_dump() if performance else None,
               "reference": {"data_repository": lineage.get("data_repository"),
                             "data_commit": lineage.get("data_commit")},
               "report": report.model_dump()}
     plots = plot_features(reference, window, report) if report.features else {}
     commit = logs.save_report(client, data.repository, drift.logs_branch, model, end, record, plots)
-    _artifacts(report, status, why, model, version, start, end)
+    _artifacts(report, reason, status, why, model, version, start, end)
     if emit:
         emit_event(event="lakeloop.drift.detected",
                    resource={"prefect.resource.id": f"lakeloop.model.{registry.repository}.{model}",
                              "prefect.resource.name": model, "lakeloop.registry": registry.repository},
                    payload={"version": version, "data_repository": lineage.get("data_repository", data.repository),
                             "data_ref": data.branch, "reference_commit": lineage.get("data_commit"),
-                            "drifted": report.drifted, "scores": scores, "window_end": end.isoformat(),
+                            "drifted": report.drifted + (["performance"] if performance and performance.degraded
+                                                         else []),
+                            "scores": scores, "window_end": end.isoformat(),
                             "report": logs.report_path(model, end), "report_commit": commit})
     get_run_logger().info("%s v%d, %s to %s: %s (%s)", model, version, start.isoformat(), end.isoformat(), status, why)
-    return DriftOutcome(model=model, version=version, status=status, reason=f"{report.reason}; {why}",
+    return DriftOutcome(model=model, version=version, status=status, reason=f"{reason}; {why}",
                         window_start=start.isoformat(), window_end=end.isoformat(), rows=report.rows_current,
-                        drifted=report.drifted, scores=scores, event_emitted=emit, report_commit=commit)
+                        drifted=report.drifted, scores=scores, event_emitted=emit, report_commit=commit,
+                        performance=performance)
 
 
-def _artifacts(report: DriftReport, status: str, why: str, model: str, version: int, start: dt.datetime,
-               end: dt.datetime) -> None:
+def _artifacts(report: DriftReport, reason: str, status: str, why: str, model: str, version: int,
+               start: dt.datetime, end: dt.datetime) -> None:
     rows = [{"feature": f.name, "kind": f.kind, "score": round(f.score, 4),
              "psi": None if f.psi is None else round(f.psi, 4), "ks": None if f.ks is None else round(f.ks, 4),
              "unseen share": f.unseen_share, "NaN share": round(f.nan_fraction_current, 4),
@@ -139,8 +199,8 @@ def _artifacts(report: DriftReport, status: str, why: str, model: str, version: 
     if rows:
         create_table_artifact(table=rows, key="drift-features", description=f"{model} v{version}: feature drift")
     lines = [f"# Drift of {model} v{version}: {status}", "",
-             f"Window {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC, {report.rows_current} rows against "
-             f"{report.rows_reference} reference rows. {report.reason}; {why}.", ""]
+             f"Window {start:%Y-%m-%d %H:%M:%S} to {end:%Y-%m-%d %H:%M:%S} UTC, {report.rows_current} rows against "
+             f"{report.rows_reference} reference rows. {reason}; {why}.", ""]
     if report.features:
         lines += ["| feature | score | drifted |", "| --- | ---: | --- |"]
         lines += [f"| {f.name} | {f.score:.4f} | {'yes' if f.drifted else ''} |" for f in report.features]

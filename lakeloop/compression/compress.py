@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +31,29 @@ class CompressionReport(BaseModel):
     chosen: str
     chosen_path: str
     table: list[dict]
+    # what the report was measured from: a run with the same weights and the same config reuses it
+    model_sha256: str = ""
+    config: dict = {}
+    reused: bool = False
 
 
 def compress(workdir: Path, frame: pd.DataFrame, config: CompressionConfig) -> CompressionReport:
     """Build, measure and gate the candidates of the run in `workdir` on its data `frame`.
 
+    The same trained weights with the same config reuse the stored report and candidates instead of
+    measuring again: latencies are noisy, so a re-measurement could choose another variant of an
+    identical model (a retrain on unchanged data would then deploy a different file).
+
     Raises:
         CompressionGateError: the FP32 export does not match torch (nothing can be chosen).
     """
+    weights = hashlib.sha256((workdir / "model.pt").read_bytes()).hexdigest()
+    stored = workdir / "compression.json"
+    if stored.exists():
+        previous = CompressionReport.model_validate_json(stored.read_text())
+        if (previous.model_sha256 == weights and previous.config == config.model_dump()
+                and Path(previous.chosen_path).is_file()):
+            return previous.model_copy(update={"reused": True})
     training = TrainingConfig.model_validate_json((workdir / "config.json").read_text())
     spec = FeatureSpec.from_json((workdir / "features.json").read_text())
     net = build_net(spec, training)
@@ -82,8 +98,9 @@ def compress(workdir: Path, frame: pd.DataFrame, config: CompressionConfig) -> C
                                    "chosen. Check the export opset and the preprocessing graph", workdir=str(workdir))
     report = CompressionReport(workdir=str(workdir), primary_metric=config.primary_metric, tolerance=config.tolerance,
                                baseline=baseline, chosen=chosen.name, chosen_path=chosen.path,
-                               table=[m.as_row() for m in measured])
-    (workdir / "compression.json").write_text(report.model_dump_json(indent=2))
+                               table=[m.as_row() for m in measured], model_sha256=weights,
+                               config=config.model_dump())
+    stored.write_text(report.model_dump_json(indent=2))
     return report
 
 

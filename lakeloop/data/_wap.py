@@ -141,6 +141,16 @@ def resolve_commit(client: lakefs.Client, repository: str, ref: str) -> str:
         return lakefs.Repository(repository, client=client).ref(ref).get_commit().id
 
 
+def read_added_since(client: lakefs.Client, repository: str, since: str, ref: str, prefix: str) -> pd.DataFrame | None:
+    """The parquet parts under prefix that `ref` has and commit `since` had not (None when there are none)."""
+    with lakefs_errors(client.config.host, f"diffing {repository}@{since[:12]}..{ref}/{prefix}"):
+        added = sorted(c.path for c in lakefs.Repository(repository, client=client).ref(since).diff(
+            other_ref=ref, prefix=f"{prefix}/") if c.type == "added" and c.path.endswith(".parquet"))
+    if not added:
+        return None
+    return pd.concat([read_parquet(client, repository, ref, p) for p in added], ignore_index=True)
+
+
 def read_dataset(client: lakefs.Client, repository: str, commit_id: str, prefix: str) -> pd.DataFrame:
     """Every parquet part under prefix at a commit, in path order, as one frame."""
     ref = lakefs.Repository(repository, client=client).ref(commit_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
+import psutil
 
 from lakeloop.errors import DevStackError
 
@@ -70,14 +72,36 @@ def alive(pid: int) -> bool:
 
 
 def stop(pid: int, timeout: float = 10.0) -> bool:
-    """Stop the process group led by pid: SIGTERM, then SIGKILL. True if something was stopped."""
+    """Stop the process group led by pid: SIGTERM, then SIGKILL. True if something was stopped.
+
+    Descendants that left the group (a Prefect worker starts each flow run in its own session) are
+    stopped too.
+    """
     if not alive(pid):
         return False
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    _stop_group(pid, timeout)
+    for child in descendants:
+        try:
+            child.terminate()
+        except psutil.Error:
+            continue
+    _, remaining = psutil.wait_procs(descendants, timeout=timeout)
+    for child in remaining:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    return True
+
+
+def _stop_group(pid: int, timeout: float) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
-            return True
+            return
         except PermissionError:
             os.kill(pid, sig)
         deadline = time.monotonic() + timeout
@@ -87,6 +111,5 @@ def stop(pid: int, timeout: float = 10.0) -> bool:
             except ChildProcessError:
                 waited = 0 if alive(pid) else pid
             if waited == pid or not alive(pid):
-                return True
+                return
             time.sleep(0.05)
-    return True

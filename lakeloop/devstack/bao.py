@@ -75,11 +75,12 @@ def start(state_dir: Path, port: int, root_token: str) -> BaoServer:
 
 
 def bootstrap(address: str, root_token: str, state_dir: Path, lakefs_keys: tuple[str, str],
-              token_ttl: str = "1h", revoke_root: bool = False) -> dict[str, Path]:
+              token_ttl: str = "1h", revoke_root: bool = False, webhook_token: str | None = None) -> dict[str, Path]:
     """Configure engines, policies, secrets and AppRoles; return each consumer's credentials file.
 
     With `revoke_root`, the root token is revoked at the end: from then on only the AppRoles,
-    each limited by its policy, can read anything.
+    each limited by its policy, can read anything. `webhook_token` is the bearer token lakeFS actions
+    present to the webhook receiver (generated when not given).
     """
     client = hvac.Client(url=address, token=root_token)
     if "approle/" not in client.sys.list_auth_methods():
@@ -91,7 +92,7 @@ def bootstrap(address: str, root_token: str, state_dir: Path, lakefs_keys: tuple
     kv.create_or_update_secret(LAKEFS_PATH, {"access_key_id": lakefs_keys[0],
                                              "secret_access_key": lakefs_keys[1]})
     kv.create_or_update_secret(PII_PATH, {"key": secrets.token_hex(32)})
-    kv.create_or_update_secret(WEBHOOK_PATH, {"token": secrets.token_urlsafe(32)})
+    kv.create_or_update_secret(WEBHOOK_PATH, {"token": webhook_token or secrets.token_urlsafe(32)})
     kv.create_or_update_secret(SERVING_PATH, {"api_keys": secrets.token_urlsafe(24)})
     cred_dir = state_dir / "vault"
     cred_dir.mkdir(parents=True, exist_ok=True)

@@ -1,16 +1,21 @@
 """`lakeloop dev up | down | status`: the embedded stack on localhost, all state under one directory.
 
-`up` starts a Prefect server (UI, SQLite), a real OpenBao dev server and the embedded lakeFS
-server, bootstraps Vault (policies, secrets, one AppRole per consumer), and saves the Prefect blocks
-the flows load. It records each process's PID and start time in `stack.json`; `down` stops exactly
-those processes and nothing else.
+`up` starts a Prefect server (UI, SQLite), the embedded lakeFS server, a real OpenBao dev server
+(bootstrapped: policies, secrets, one AppRole per consumer) and the model server; saves the Prefect
+blocks the flows load; deploys every flow of deployments.yaml to a local process work pool (with
+their schedules and triggers); starts the webhook receiver and installs the lakeFS action that calls
+it on every merge into the data repository's main branch; and starts a worker. It records each
+process's PID and start time in `stack.json`; `down` stops exactly those processes (and the flow
+runs the worker started) and nothing else.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -25,8 +30,27 @@ from lakeloop.errors import DevStackError
 
 STACK_FILE = "stack.json"
 ENV_FILE = "env"
-DEFAULT_PORTS = {"prefect": 4200, "lakefs": 8000, "vault": 8200, "serving": 8080}
+DEFAULT_PORTS = {"prefect": 4200, "lakefs": 8000, "vault": 8200, "serving": 8080, "webhook": 8090, "worker": 8091}
 SERVED_MODEL = "fraud"  # the model the dev stack's server follows (fraud@production in lakeloop-models)
+DATA_REPOSITORY = "lakeloop-data"  # where the retrain action is installed
+WORK_POOL = "lakeloop-process"
+ACTION_PATH = "_lakefs_actions/lakeloop-retrain.yaml"
+ACTION = """\
+# Installed by `lakeloop dev up`: every merge into main (a published batch) calls the webhook
+# receiver, which emits lakeloop.data.published; the `retrain` deployment's trigger starts a run.
+name: lakeloop retrain on publish
+on:
+  post-merge:
+    branches: [main]
+hooks:
+  - id: lakeloop_webhook
+    type: webhook
+    properties:
+      url: "{url}"
+      timeout: 10s
+      headers:
+        Authorization: "Bearer {{{{ ENV.LAKEFSACTION_WEBHOOK_TOKEN }}}}"
+"""
 
 
 @dataclass
@@ -111,7 +135,10 @@ def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | 
         _save(state_dir, services)
         log(f"starting Prefect server at {services['prefect'].url} ...")
         key_id, secret = "AKIA" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
-        services["lakefs"] = _start_lakefs(state_dir, key_id, secret)
+        # lakeFS presents the webhook token from its environment ({{ ENV.LAKEFSACTION_WEBHOOK_TOKEN }}),
+        # as a real lakeFS does; the receiver reads the same token from Vault.
+        webhook_token = secrets.token_urlsafe(32)
+        services["lakefs"] = _start_lakefs(state_dir, key_id, secret, webhook_token)
         _save(state_dir, services)
         log(f"lakeFS-compatible server ready at {services['lakefs'].url}")
         root_token = secrets.token_urlsafe(24)
@@ -120,8 +147,9 @@ def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | 
         services["vault"] = _service("vault", server.address, f"{server.address}/v1/sys/health",
                                      server.process_pid)
         _save(state_dir, services)
-        creds = bao.bootstrap(server.address, root_token, state_dir, (key_id, secret), revoke_root=True)
-        del root_token  # revoked and never written anywhere; consumers hold AppRole credentials only
+        creds = bao.bootstrap(server.address, root_token, state_dir, (key_id, secret), revoke_root=True,
+                              webhook_token=webhook_token)
+        del root_token, webhook_token  # revoked and never written anywhere; consumers hold AppRole credentials only
         log(f"OpenBao ready at {server.address}: KV v2, AppRole, transit; AppRoles for "
             f"{', '.join(sorted(creds))} in {state_dir / 'vault'}; root token revoked")
         services["serving"] = _start_serving(state_dir, services, creds["serving"])
@@ -130,10 +158,21 @@ def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | 
             "(ready once a version is deployed)")
         prefect = services["prefect"]
         _proc.wait_until(prefect.healthy, "Prefect server", 120, log_file=state_dir / "logs" / "prefect.log")
+        log(f"Prefect server ready at {prefect.url} (UI)")
         if on_ready is not None:
             on_ready(services, creds)
+        log(f"deploying the flows to work pool {WORK_POOL} (prefect deploy --prefect-file deployments.yaml --all) ...")
+        deployed = deploy_flows(state_dir, prefect.url + "/api")
+        log(f"deployed {', '.join(deployed)}")
+        services["webhook"] = _start_webhook(state_dir, services, creds["webhook"])
+        _save(state_dir, services)
+        install_lakefs_action(services["lakefs"].url, (key_id, secret), f"{services['webhook'].url}/hooks/lakefs")
+        log(f"webhook receiver at {services['webhook'].url}/hooks/lakefs and /hooks/retrain; lakeFS action "
+            f"{DATA_REPOSITORY}/main/{ACTION_PATH} calls it on every merge into main")
+        services["worker"] = _start_worker(state_dir, services)
+        _save(state_dir, services)
+        log(f"Prefect worker polling work pool {WORK_POOL} (runs flows from {project_dir()})")
         _write_env(state_dir, services)
-        log(f"Prefect server ready at {prefect.url} (UI)")
     except BaseException:
         down(state_dir, log=lambda *_: None)
         raise
@@ -154,11 +193,11 @@ def _start_prefect(state_dir: Path) -> Service:
     return _service("prefect", url, f"{url}/api/health", process.pid)
 
 
-def _start_lakefs(state_dir: Path, key_id: str, secret: str) -> Service:
+def _start_lakefs(state_dir: Path, key_id: str, secret: str, webhook_token: str) -> Service:
     from lakeloop.devstack.lakefs import start_process
 
     url, process = start_process(state_dir / "lakefs", key_id, secret, _port("lakefs"),
-                                 state_dir / "logs" / "lakefs.log")
+                                 state_dir / "logs" / "lakefs.log", env={"LAKEFSACTION_WEBHOOK_TOKEN": webhook_token})
     return _service("lakefs", url, f"{url}/api/v1/healthcheck", process.pid)
 
 
@@ -169,11 +208,106 @@ def _start_serving(state_dir: Path, services: dict[str, Service], approle_file: 
            "LAKELOOP_SERVING_APPROLE_FILE": str(approle_file)}
     log_file = state_dir / "logs" / "serving.log"
     process = _proc.start([sys.executable, "-m", "lakeloop.cli", "serve", "--model", SERVED_MODEL, "--port", str(port),
-                           "--workers", "1", "--poll-seconds", "2", "--cache-dir", str(state_dir / "serving")],
+                           "--workers", "1", "--poll-seconds", "2", "--log-interval", "2",
+                           "--cache-dir", str(state_dir / "serving")],
                           log_file, env=env)
     url = f"http://127.0.0.1:{port}"
     _proc.wait_until(_proc.http_ok(f"{url}/v2/health/live"), "model server", 60, log_file=log_file)
     return _service("serving", url, f"{url}/v2/health/live", process.pid)
+
+
+def project_dir() -> Path:
+    """The checkout with deployments.yaml and flows/: `prefect deploy` reads it, the worker runs from it."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "deployments.yaml").is_file() or not (root / "flows").is_dir():
+        raise DevStackError(f"no deployments.yaml and flows/ in {root}: `lakeloop dev up` deploys the flows of a "
+                            "lakeloop checkout (git clone, then `pip install -e .`)")
+    return root
+
+
+def _prefect_cli(args: list[str], env: dict[str, str], log_file: Path, timeout: float = 300) -> str:
+    command = [sys.executable, "-m", "prefect", "--no-prompt", *args]
+    done = subprocess.run(command, cwd=project_dir(), env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=timeout)
+    with open(log_file, "a") as log:
+        log.write(f"$ prefect {' '.join(args)}\n{done.stdout}{done.stderr}\n")
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise DevStackError(f"`prefect {' '.join(args)}` failed (exit {done.returncode}); see {log_file}:\n{tail}")
+    return done.stdout
+
+
+def _flow_env(state_dir: Path, services: dict[str, Service]) -> dict[str, str]:
+    """What deployments and flow runs need to find the project, the state directory and the server."""
+    env = {"PREFECT_API_URL": services["prefect"].url + "/api", "LAKELOOP_PROJECT_DIR": str(project_dir()),
+           "LAKELOOP_STATE_DIR": str(state_dir), "PREFECT_HOME": str(state_dir / "prefect" / "client")}
+    if "serving" in services:
+        env["LAKELOOP_SERVING_URL"] = services["serving"].url
+    return env
+
+
+def deploy_flows(state_dir: Path, api_url: str) -> list[str]:
+    """`prefect work-pool create` (process) and `prefect deploy --prefect-file deployments.yaml --all`."""
+    import yaml
+
+    env = {"PREFECT_API_URL": api_url, "LAKELOOP_PROJECT_DIR": str(project_dir()),
+           "PREFECT_HOME": str(state_dir / "prefect" / "client")}
+    log_file = state_dir / "logs" / "deploy.log"
+    _prefect_cli(["work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"], env, log_file)
+    _prefect_cli(["deploy", "--prefect-file", "deployments.yaml", "--all"], env, log_file)
+    spec = yaml.safe_load((project_dir() / "deployments.yaml").read_text())
+    return [d["name"] for d in spec["deployments"]]
+
+
+def install_lakefs_action(lakefs_url: str, keys: tuple[str, str], hook_url: str,
+                          repository: str = DATA_REPOSITORY) -> str:
+    """Commit the retrain action to the data repository's main branch (creating the repository if needed).
+
+    The action runs on post-merge only, so installing it (a commit) starts nothing. Returns the commit id,
+    or "" when the same action was already installed.
+    """
+    import lakefs
+
+    client = lakefs.Client(host=lakefs_url, username=keys[0], password=keys[1])
+    repo = lakefs.Repository(repository, client=client)
+    repo.create(storage_namespace=f"local://lakeloop/{repository}", default_branch="main", exist_ok=True)
+    main = repo.branch("main")
+    text = ACTION.format(url=hook_url)
+    try:
+        with main.object(ACTION_PATH).reader("r") as reader:
+            if reader.read() == text:
+                return ""
+    except lakefs.exceptions.NotFoundException:
+        pass
+    main.object(ACTION_PATH).upload(text)
+    return main.commit("lakeloop dev up: retrain on every merge into main (lakeFS action -> webhook receiver)",
+                       metadata={"installed_by": "lakeloop dev up"}).get_commit().id
+
+
+def _start_webhook(state_dir: Path, services: dict[str, Service], approle_file: Path) -> Service:
+    port = _port("webhook")
+    env = {"PREFECT_API_URL": services["prefect"].url + "/api", "VAULT_ADDR": services["vault"].url,
+           "LAKELOOP_WEBHOOK_APPROLE_FILE": str(approle_file)}
+    log_file = state_dir / "logs" / "webhook.log"
+    process = _proc.start([sys.executable, "-m", "lakeloop.cli", "webhook", "--port", str(port),
+                           "--deliveries", str(state_dir / "webhooks" / "deliveries.sqlite")], log_file, env=env)
+    url = f"http://127.0.0.1:{port}"
+    _proc.wait_until(_proc.http_ok(f"{url}/healthz"), "webhook receiver", 60, process, log_file)
+    return _service("webhook", url, f"{url}/healthz", process.pid)
+
+
+def _start_worker(state_dir: Path, services: dict[str, Service]) -> Service:
+    """A process worker on the local pool; it checks for runs every second and runs them from the checkout."""
+    port = _port("worker")
+    env = {**_flow_env(state_dir, services), "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(port)}
+    log_file = state_dir / "logs" / "worker.log"
+    process = _proc.start([sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type",
+                           "process", "--name", f"lakeloop-dev-{port}", "--with-healthcheck"],
+                          log_file, env=env, cwd=project_dir())
+    url = f"http://127.0.0.1:{port}"
+    _proc.wait_until(_proc.http_ok(f"{url}/health"), "Prefect worker", 90, process, log_file)
+    return _service("worker", url, f"{url}/health", process.pid)
 
 
 def _write_env(state_dir: Path, services: dict[str, Service]) -> None:
@@ -185,7 +319,10 @@ def _write_env(state_dir: Path, services: dict[str, Service]) -> None:
              f"export VAULT_ADDR={services['vault'].url}",
              f"export LAKELOOP_LAKEFS_URL={services['lakefs'].url}",
              f"export LAKELOOP_SERVING_URL={services['serving'].url}",
-             f"export LAKELOOP_SERVING_APPROLE_FILE={state_dir / 'vault' / 'serving.approle.json'}"]
+             f"export LAKELOOP_SERVING_APPROLE_FILE={state_dir / 'vault' / 'serving.approle.json'}",
+             f"export LAKELOOP_WEBHOOK_URL={services['webhook'].url}",
+             f"export LAKELOOP_STATE_DIR={state_dir}",
+             f"export LAKELOOP_PROJECT_DIR={project_dir()}"]
     (state_dir / ENV_FILE).write_text("\n".join(lines) + "\n")
 
 
@@ -193,7 +330,8 @@ def down(state_dir: Path, log: Callable[[str], None] = print) -> list[str]:
     """Stop exactly the processes `up` recorded (by PID and start time); returns their names."""
     state_dir = state_dir.resolve()
     stopped = []
-    for name, service in reversed(load(state_dir).items()):  # the model server first: it flushes to lakeFS
+    # reverse start order: the worker (and its flow runs) first, then the receivers, then the servers
+    for name, service in reversed(load(state_dir).items()):
         if service.process_is_ours():
             _proc.stop(service.pid)
             stopped.append(name)

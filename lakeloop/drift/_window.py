@@ -70,10 +70,13 @@ def report_path(model: str, at: dt.datetime) -> str:
 
 def save_report(client: lakefs.Client, repository: str, branch: str, model: str, at: dt.datetime, report: dict,
                 plots: dict[str, bytes]) -> str:
-    """Commit the report (and its plots) to the logs branch; returns the commit id."""
+    """Commit the report (and its plots) to the logs branch (created from the default branch when no
+    traffic was ever logged); returns the commit id."""
     path = report_path(model, at)
-    branch_ref = lakefs.Repository(repository, client=client).branch(branch)
+    repo = lakefs.Repository(repository, client=client)
+    branch_ref = repo.branch(branch)
     with lakefs_errors(client.config.host, f"committing the drift report {path}"):
+        branch_ref.create(repo.properties.default_branch, exist_ok=True)
         branch_ref.object(path).upload(json.dumps(report, indent=2), content_type="application/json")
         for name, png in plots.items():
             branch_ref.object(path.removesuffix(".json") + f"-{name}.png").upload(png, content_type="image/png")

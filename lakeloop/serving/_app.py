@@ -4,6 +4,8 @@
     GET  /v2/models/{name}[/versions/{v}]/ready       open
     GET  /v2, /v2/models/{name}[/versions/{v}]       metadata               API key
     POST /v2/models/{name}[/versions/{v}]/infer       inference              API key
+                                                      (logged for drift monitoring unless the request
+                                                      says `Lakeloop-Log: skip`, as deploy smoke tests do)
     POST /v2/repository/models/{name}/load            re-check the alias now API key
     GET  /metrics                                     Prometheus             API key
 
@@ -121,7 +123,7 @@ def create_app(server: ModelServer):
         except Exception as exc:  # not a client error: the inputs passed every check
             log.exception("%s v%s: inference failed", name, model.version)
             return _error(f"inference failed: {exc}", 500)
-        if server.inference_log is not None:
+        if server.inference_log is not None and headers.get(b"lakeloop-log") != b"skip":  # deploy smoke tests skip
             server.inference_log.record(name, model.version, request.rows, request.inputs, outputs)
         payload, extra = v2.response(name, model.version, request, outputs)
         return Answer(200, payload, extra, request.rows)

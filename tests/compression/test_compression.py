@@ -72,6 +72,14 @@ def test_candidates_are_measured_gated_and_chosen(trained):
     for row in report.table:
         assert row["passed"] == (row["drop"] <= report.tolerance), row
     assert (workdir / "compression.json").exists() and Path(report.chosen_path).exists()
+    assert not report.reused
+
+    # the same weights and config: the stored choice, not a fresh (noisy) measurement
+    again = compress(workdir, frame, CompressionConfig(latency_repeat=20, distill_epochs=2))
+    assert again.reused and again.chosen == report.chosen and again.table == report.table
+    # another config measures again
+    other = compress(workdir, frame, CompressionConfig(latency_repeat=10, distill_epochs=2))
+    assert not other.reused
 
 
 def _m(name: str, metric: float, latency: float, parity: float | None = 0.0) -> Measurement:

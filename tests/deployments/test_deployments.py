@@ -55,3 +55,53 @@ def test_deploy_and_run_through_a_process_worker(data_blocks, lakefs_server, tmp
     assert finished.state.is_completed(), finished.state
     main = lakefs.Repository(repository, client=lakefs_server.client()).branch("main")
     assert [o.path for o in main.objects() if o.path.endswith(".parquet")]
+
+
+def test_kubernetes_pools_render_gpu_and_cpu_jobs(prefect_api):
+    """The documented Kubernetes pools: created and deployed to on a real Prefect server, and every
+    deployment's Job rendered from its pool's template as a worker renders it (no cluster here)."""
+    import json
+
+    from prefect.utilities.templating import apply_values
+
+    default = prefect_cli("work-pool", "get-default-base-job-template", "--type", "kubernetes")
+    assert default.returncode == 0, default.stderr
+    prefect_default = json.loads(default.stdout)
+    for kind in ("gpu", "cpu"):
+        template = ROOT / "deploy" / "prefect" / f"kubernetes-{kind}-pool.json"
+        # still a superset of Prefect's own template: a Prefect upgrade that adds a variable shows here
+        assert set(prefect_default["variables"]["properties"]) <= set(
+            json.loads(template.read_text())["variables"]["properties"])
+        created = prefect_cli("work-pool", "create", f"lakeloop-{kind}", "--type", "kubernetes",
+                              "--base-job-template", str(template), "--overwrite")
+        assert created.returncode == 0, created.stdout + created.stderr
+    deployed = prefect_cli("deploy", "--prefect-file", "deploy/prefect/kubernetes.yaml", "--all")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    api = PREFECT_API_URL.value()
+
+    def job_of(deployment: str) -> dict:
+        found = httpx.get(f"{api}/deployments/name/{deployment}").json()
+        pool = httpx.get(f"{api}/work_pools/{found['work_pool_name']}").json()["base_job_template"]
+        values = {k: v["default"] for k, v in pool["variables"]["properties"].items() if "default" in v}
+        values |= found["job_variables"]
+        return apply_values(pool["job_configuration"], values)["job_manifest"]
+
+    train = job_of("retrain/retrain")["spec"]["template"]["spec"]
+    container = train["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert container["resources"]["requests"] == {"cpu": "32", "memory": "256Gi"}
+    assert train["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H200"}
+    assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert container["image"] == "lakeloop-pipeline:0.1.0" and train["serviceAccountName"] == "lakeloop-pipeline"
+
+    drift = job_of("monitor-drift/monitor-drift")["spec"]["template"]["spec"]
+    limits = drift["containers"][0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in limits and limits == {"cpu": "8", "memory": "16Gi"}
+    rollback = job_of("rollback-model/rollback-model")["spec"]["template"]["spec"]
+    assert rollback["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
+    assert rollback["containers"][0]["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
+    env = {e["name"]: e["value"] for e in drift["containers"][0]["env"]} if isinstance(
+        drift["containers"][0]["env"], list) else drift["containers"][0]["env"]
+    assert env["LAKELOOP_SERVING_URL"] == "http://lakeloop-serve.lakeloop.svc:8080"
+    assert not any("secret" in str(v).lower() or "token" in str(v).lower() for v in env.values())

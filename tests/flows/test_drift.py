@@ -90,3 +90,43 @@ def test_monitor_drift_confirms_reports_and_cools_down(tmp_path, publish, regist
     stored = [o.path for o in branch.objects(prefix="drift/fraud/")]
     assert sum(p.endswith(".json") for p in stored) == 4 and any(p.endswith("-amount.png") for p in stored)
     assert (tmp_path / "drift" / name / "fraud" / "v1" / "reference.json").exists()  # cached for the next window
+
+
+def test_labelled_rows_published_since_the_model_count_as_drift_when_it_does_worse(tmp_path, publish, registry_for,
+                                                                                  lakefs_server):
+    from flows.ingest import ingest_data
+    from lakeloop.deploy import score, test_split
+    from lakeloop.modeling.features import labels
+    from lakeloop.modeling.metrics import classification_metrics
+
+    data, published = publish(4_000, 51)
+    frame = read_dataset(lakefs_server.client(), data.repository, published.commit_id, data.prefix)
+    registry, reg = registry_for(data)
+    model = trained_model(frame, tmp_path / "model.onnx")
+    (tmp_path / "features.json").write_text(FeatureSpec.fit(frame).to_json())
+    test = test_split(frame)
+    at_training = classification_metrics(labels(test), score(model, test))["pr_auc"]
+    reg.register("fraud", {"model.onnx": model, "torch/features.json": tmp_path / "features.json"},
+                 {"lineage": {"data_repository": data.repository, "data_commit": published.commit_id},
+                  "compression": {"config": {"primary_metric": "pr_auc"}, "chosen": "fp32",
+                                  "table": [{"name": "fp32", "primary_metric": at_training}]}}, actor="test")
+    reg.promote("fraud", 1, "production", actor="test")
+    config = DriftConfig(window_hours=1, confirm_windows=1, cooldown_hours=0, work_root=str(tmp_path / "drift"))
+
+    quiet = monitor_drift(data=data, registry=registry, drift=config)
+    assert quiet.status == "no data" and quiet.performance is None  # nothing labelled since the model's commit
+
+    # a newly labelled batch whose labels no longer follow the features the model learnt from
+    moved = generate_transactions(3_000, seed=52)
+    moved["is_fraud"] = moved["is_fraud"].sample(frac=1.0, random_state=0).to_numpy()
+    moved.to_parquet(tmp_path / "moved.parquet")
+    head = ingest_data(str(tmp_path / "moved.parquet"), data=data).commit_id
+
+    outcome = monitor_drift(data=data, registry=registry, drift=config)
+    perf = outcome.performance
+    assert perf is not None and perf.rows == 3_000 and perf.since_commit == published.commit_id
+    assert perf.head_commit == head and perf.at_training == pytest.approx(at_training)
+    assert perf.degraded and perf.drop > config.performance_drop and perf.current < at_training
+    assert outcome.status == "drift" and outcome.event_emitted and "labelled rows" in outcome.reason
+    detected = prefect_events("lakeloop.drift.detected", f"lakeloop.model.{registry.repository}.fraud")
+    assert len(detected) == 1 and "performance" in detected[0]["payload"]["drifted"]

@@ -158,6 +158,9 @@ def test_metrics_count_requests_and_name_the_version(server, model_file):
 
 
 def test_inference_logs_hold_inputs_outputs_and_version(server):
+    skipped = rows(3, seed=10)  # a deploy smoke test: answered, not logged as traffic
+    assert httpx.post(f"{server.url}/v2/models/fraud/infer", content=json.dumps(_body(skipped)).encode(),
+                      headers={**AUTH, "Lakeloop-Log": "skip"}).status_code == 200
     batch = rows(5, seed=9)
     body = json.dumps(_body(batch, id="log-check")).encode()
     answer = httpx.post(f"{server.url}/v2/models/fraud/infer", content=body, headers=AUTH).json()
@@ -174,6 +177,7 @@ def test_inference_logs_hold_inputs_outputs_and_version(server):
     assert list(logged["country"]) == list(batch["country"].ravel())
     np.testing.assert_allclose(logged["output_probability"].to_numpy(), answer["outputs"][1]["data"], rtol=1e-6)
     assert set(logged["model_version"]) == {answer["model_version"]}
+    assert not frame["amount"].isin(skipped["amount"].ravel()).any()
 
 
 def test_open_mode_warns_once_and_env_keys_work(model_file, tmp_path):
