@@ -63,7 +63,7 @@ class TriggeredRun(BaseModel):
     url: str
     trigger: str  # who created the run (the automation)
     reason: str  # its `reason` parameter, filled from the event
-    latency_s: float  # from the triggering action's end to the run's start
+    latency_s: float  # from the automation creating the run to the run running on the worker
     duration_s: float
     result: RetrainResult
 
@@ -151,7 +151,7 @@ def wait_for_triggered_run(since: dt.datetime, ui_url: str, progress: Progress, 
         result = run.state.result()
     started = run.start_time or run.created
     return TriggeredRun(name=run.name, url=url, trigger=_creator(run), reason=str(run.parameters.get("reason", "")),
-                        latency_s=(started - since).total_seconds(),
+                        latency_s=(started - run.created).total_seconds(),
                         duration_s=(run.end_time - started).total_seconds() if run.end_time else 0.0, result=result)
 
 

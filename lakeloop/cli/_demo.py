@@ -177,14 +177,15 @@ class _LoopRun:
         if d.status == "deployed":
             out.print(f"  {d.detail}; smoke test through the V2 endpoint on {d.smoke_rows} rows passed",
                       highlight=False)
-        out.print(f"  started {run.latency_s:.1f} s after the trigger, ran {run.duration_s:.0f} s: {run.url}",
+        out.print(f"  running {run.latency_s:.1f} s after the automation created it, ran {run.duration_s:.0f} s: "
+                  f"{run.url}",
                   highlight=False)
         score = ""
         if d.gate is not None:
             score = f"{d.gate.challenger_score:.4f}" + (f" (v{d.gate.champion} {d.gate.champion_score:.4f})"
                                                        if d.gate.champion_score is not None else "")
         self.summary.add_row(f"retrain {run.name}", run.trigger, r.data_commit[:12], f"v{r.version} {r.chosen}",
-                             score, "", f"{d.status}; trigger → running {run.latency_s:.1f} s, "
+                             score, "", f"{d.status}; created → running {run.latency_s:.1f} s, "
                                         f"ran {run.duration_s:.0f} s")
         return run
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 
 from lakeloop.config import TrainingConfig
 from lakeloop.devstack import _proc
@@ -69,17 +71,33 @@ def launch(workdir: Path, config: TrainingConfig, timeout: float | None = None) 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONHASHSEED": str(config.seed)}
     log_path = workdir / "train.log"
     with open(log_path, "ab") as log:
+        process = subprocess.Popen(torchrun_command(workdir, config), stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            done = subprocess.run(torchrun_command(workdir, config), stdout=log, stderr=subprocess.STDOUT,
-                                  env=env, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise TrainingError(f"training in {workdir} ran past {timeout:.0f}s; its checkpoints are kept and "
-                                "a re-run resumes from the last one", workdir=str(workdir)) from exc
-    if done.returncode != 0 or not (workdir / "result.json").exists():
+            returncode = process.wait(timeout=timeout)
+        except BaseException as exc:  # a timeout, or the task itself being stopped
+            _kill_tree(process)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise TrainingError(f"training in {workdir} ran past {timeout:.0f}s; its checkpoints are kept and "
+                                    "a re-run resumes from the last one", workdir=str(workdir)) from exc
+            raise
+    if returncode != 0 or not (workdir / "result.json").exists():
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-12:])
-        raise TrainingError(f"training in {workdir} failed (exit {done.returncode}); a re-run resumes from the "
+        raise TrainingError(f"training in {workdir} failed (exit {returncode}); a re-run resumes from the "
                             f"last checkpoint. Last lines of {log_path}:\n{tail}", workdir=str(workdir))
     return json.loads((workdir / "result.json").read_text())
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """torchrun starts its ranks in sessions of their own: stop them too, or they train on as orphans."""
+    try:
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.Error:
+        tree = []
+    for member in reversed(tree):
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    process.wait()
+    psutil.wait_procs(tree, timeout=30)
 
 
 def record_lineage(workdir: Path, **sections: object) -> dict:

@@ -20,6 +20,8 @@ import httpx
 import psutil
 import pytest
 
+from lakeloop.secrets import LAKEFS_PATH, WEBHOOK_PATH
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"prefect", "lakefs", "vault", "serving", "webhook", "worker"}
 
@@ -34,18 +36,22 @@ def stopped(pids: list[int]) -> bool:
     return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
 
 
-def lakefs_client(state_dir: Path, services: dict):
-    """A lakeFS client with the keys the pipeline's AppRole may read from Vault (as the flows get them)."""
+def vault_secret(state_dir: Path, services: dict, consumer: str, path: str) -> dict:
+    """A KV secret, read with one consumer's AppRole (as that service reads it)."""
     import hvac
-    import lakefs
 
-    from lakeloop.secrets import LAKEFS_PATH
-
-    creds = json.loads((state_dir / "vault" / "pipeline.approle.json").read_text())
+    creds = json.loads((state_dir / "vault" / f"{consumer}.approle.json").read_text())
     vault = hvac.Client(url=services["vault"]["url"])
     vault.auth.approle.login(creds["role_id"], creds["secret_id"])
-    keys = vault.secrets.kv.v2.read_secret_version(LAKEFS_PATH, mount_point="secret",
+    return vault.secrets.kv.v2.read_secret_version(path, mount_point="secret",
                                                    raise_on_deleted_version=True)["data"]["data"]
+
+
+def lakefs_client(state_dir: Path, services: dict):
+    """A lakeFS client with the keys the pipeline's AppRole may read from Vault (as the flows get them)."""
+    import lakefs
+
+    keys = vault_secret(state_dir, services, "pipeline", LAKEFS_PATH)
     return lakefs.Client(host=services["lakefs"]["url"], username=keys["access_key_id"],
                          password=keys["secret_access_key"])
 
@@ -91,8 +97,11 @@ def test_up_status_ingest_down(state_dir, tmp_path):
     with main.object("_lakefs_actions/lakeloop-retrain.yaml").reader("r") as reader:
         action = reader.read()
     assert f'url: "{hook}/hooks/lakefs"' in action and "{{ ENV.LAKEFSACTION_WEBHOOK_TOKEN }}" in action
-    logged = (state_dir / "logs" / "webhook.log").read_text() + (state_dir / "logs" / "worker.log").read_text()
-    assert "secret_id" not in logged
+    token = vault_secret(state_dir, services, "webhook", WEBHOOK_PATH)["token"]
+    assert httpx.post(f"{hook}/hooks/retrain", json={}, headers={"Authorization": f"Bearer {token}"}
+                      ).status_code == 400  # authenticated, but no reason given
+    logs = "".join(p.read_text(errors="replace") for p in (state_dir / "logs").iterdir())
+    assert token not in logs and "secret_id" not in logs
 
     again = lakeloop("dev", "up", "--state-dir", str(state_dir))  # idempotent: nothing new started
     assert "already running" in again.stderr

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 
@@ -83,8 +84,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(frame, tmp_path):
     while not (workdir / "checkpoints" / "epoch=1.ckpt").exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert process.poll() is None, "training finished before it could be killed"
-    os.killpg(process.pid, signal.SIGKILL)
+    # torchrun starts its ranks in sessions of their own: kill the whole tree, as a lost node would lose it
+    tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    for member in tree:
+        member.send_signal(signal.SIGKILL)
     process.wait()
+    psutil.wait_procs(tree, timeout=30)
     assert not (workdir / "result.json").exists()
     resumed = launch(workdir, killed)
     assert resumed["resumed"] is True
@@ -92,6 +97,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(frame, tmp_path):
     assert [h["epoch"] for h in resumed["history"]] == list(range(20))
     for key, tensor in _weights(workdir).items():
         assert torch.equal(tensor, _weights(prepare_run(frame, COMMIT, config, {}))[key]), key
+
+
+def test_a_run_past_its_timeout_stops_every_rank(frame, tmp_path):
+    config = TrainingConfig(epochs=200, seed=4, work_root=str(tmp_path), devices=2)
+    workdir = prepare_run(frame, COMMIT, config, {})
+    with pytest.raises(TrainingError, match="ran past 8s; its checkpoints are kept"):
+        launch(workdir, config, timeout=8)
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(workdir) in " ".join(p.info["cmdline"] or [])]
+    assert leftovers == []  # no rank trains on as an orphan
 
 
 def test_too_little_data_is_a_clear_error(tmp_path):

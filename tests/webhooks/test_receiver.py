@@ -15,7 +15,7 @@ import hvac
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from lakeloop.devstack import _proc
+from lakeloop.devstack import _proc, stack
 from lakeloop.secrets import WEBHOOK_PATH
 from tests._events import prefect_events
 from tests.conftest import LakeFSEndpoint, start_embedded_lakefs
@@ -117,20 +117,9 @@ def test_a_real_lakefs_merge_calls_the_receiver(hooks, tmp_path):
         server = LakeFSEndpoint(endpoint, key_id, secret, "local://webhooks", True, tmp_path / "lakefs", process)
         repo = server.new_repo()
         main = repo.branch("main")
-        main.object("_lakefs_actions/retrain.yaml").upload(f"""
-name: lakeloop retrain on publish
-on:
-  post-merge:
-    branches: [main]
-hooks:
-  - id: lakeloop_webhook
-    type: webhook
-    properties:
-      url: "{url}/hooks/lakefs"
-      headers:
-        Authorization: "Bearer {{{{ ENV.LAKEFSACTION_WEBHOOK_TOKEN }}}}"
-""")
-        main.commit("install the retrain action")
+        # installed as `lakeloop dev up` does: a commit on main, which fires nothing (post-merge only)
+        assert stack.install_lakefs_action(endpoint, (key_id, secret), f"{url}/hooks/lakefs", repository=repo.id)
+        assert stack.install_lakefs_action(endpoint, (key_id, secret), f"{url}/hooks/lakefs", repository=repo.id) == ""
         ingest = repo.branch("ingest-1").create("main")
         ingest.object("transactions/part-0.parquet").upload(b"not really parquet")
         ingest.commit("stage", metadata={"batch_id": "b1"})
