@@ -91,12 +91,15 @@ class _LoopRun:
         published = self._publish(loop, good)
         self._publish(loop, broken)
         if published.already_published:  # a re-run on the same state: nothing merged, so ask as CI would
-            from blocks import LakeFSConnection
-            from lakeloop.secrets import WEBHOOK_PATH
+            from lakeloop.secrets import WEBHOOK_PATH, VaultClient, VaultSettings
 
             console.print("  the batch was published by an earlier run: asking for a retrain through "
                           "POST /hooks/retrain instead")
-            token = LakeFSConnection.load(self.data.lakefs_block).vault.client().read_key(WEBHOOK_PATH, "token")
+            approle = self.state_dir / "vault" / "webhook.approle.json"  # a CI caller holds the webhook's token
+            vault = VaultClient(VaultSettings(address=self.services["vault"].url, auth_method="approle",
+                                              role_id_ref=f"file:{approle}#role_id",
+                                              secret_id_ref=f"file:{approle}#secret_id"))
+            token = vault.read_key(WEBHOOK_PATH, "token")
             since = loop.utcnow()
             loop.request_retrain(self.services["webhook"].url, token, "make run on data published earlier")
 
@@ -148,12 +151,13 @@ class _LoopRun:
         outcome = loop.publish(source, self.data)
         colour = {"published": "green", "quarantined": "yellow", "failed": "red"}[outcome.status]
         shown = "published (earlier run)" if outcome.already_published else outcome.status
-        out.print(f"  {source.name}: [{colour}]{shown}[/] → {outcome.location} ({outcome.rows} rows)", highlight=False)
+        rows = "" if outcome.already_published else f" ({outcome.rows} rows)"
+        out.print(f"  {source.name}: [{colour}]{shown}[/] → {outcome.location}{rows}", highlight=False)
         for problem in outcome.problems:
             out.print(f"    - {problem}", highlight=False)
         if outcome.status == "failed":
             raise LakeloopError(f"ingest-data failed on {source.name}: {outcome.detail}")
-        result = f"{shown}, {outcome.rows} rows" + (f" ({len(outcome.problems)} problems)" if outcome.problems else "")
+        result = shown + rows + (f" ({len(outcome.problems)} problems)" if outcome.problems else "")
         self.summary.add_row(f"ingest {source.name}", "make run", outcome.commit_id[:12] or outcome.location, "", "",
                              "", result)
         return outcome

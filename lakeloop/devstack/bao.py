@@ -74,6 +74,34 @@ def start(state_dir: Path, port: int, root_token: str) -> BaoServer:
     return BaoServer(address, process.pid)
 
 
+KEPT_KEYS = "kept-keys.json"
+
+
+def _kept_keys(client: hvac.Client, state_dir: Path) -> dict:
+    """The keys the stack's data depends on, kept across restarts of the (in-memory) dev server.
+
+    Models in the registry are signed with the transit key and published rows are pseudonymised with
+    the PII key: a restarted dev stack with new keys could verify neither. The first bootstrap creates
+    both and writes the signing key's backup and the PII key to a 0600 file under the state directory;
+    later ones restore them. (A production Vault keeps its keys in its own storage; this is for the
+    dev server only.)
+    """
+    path = state_dir / "vault" / KEPT_KEYS
+    transit = client.secrets.transit
+    if path.exists():
+        kept = json.loads(path.read_text())
+        transit.restore_key(kept["signing_key_backup"], name=MODEL_SIGNING_KEY)
+        return kept
+    transit.create_key(MODEL_SIGNING_KEY, key_type="ed25519", exportable=True, allow_plaintext_backup=True)
+    kept = {"signing_key_backup": transit.backup_key(MODEL_SIGNING_KEY)["data"]["backup"],
+            "pii_key": secrets.token_hex(32)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(kept, fh)
+    return kept
+
+
 def bootstrap(address: str, root_token: str, state_dir: Path, lakefs_keys: tuple[str, str],
               token_ttl: str = "1h", revoke_root: bool = False, webhook_token: str | None = None) -> dict[str, Path]:
     """Configure engines, policies, secrets and AppRoles; return each consumer's credentials file.
@@ -87,11 +115,11 @@ def bootstrap(address: str, root_token: str, state_dir: Path, lakefs_keys: tuple
         client.sys.enable_auth_method("approle")
     if "transit/" not in client.sys.list_mounted_secrets_engines():
         client.sys.enable_secrets_engine("transit")
-    client.secrets.transit.create_key(MODEL_SIGNING_KEY, key_type="ed25519")
+    kept = _kept_keys(client, state_dir)
     kv = client.secrets.kv.v2
     kv.create_or_update_secret(LAKEFS_PATH, {"access_key_id": lakefs_keys[0],
                                              "secret_access_key": lakefs_keys[1]})
-    kv.create_or_update_secret(PII_PATH, {"key": secrets.token_hex(32)})
+    kv.create_or_update_secret(PII_PATH, {"key": kept["pii_key"]})
     kv.create_or_update_secret(WEBHOOK_PATH, {"token": webhook_token or secrets.token_urlsafe(32)})
     kv.create_or_update_secret(SERVING_PATH, {"api_keys": secrets.token_urlsafe(24)})
     cred_dir = state_dir / "vault"

@@ -206,3 +206,34 @@ def test_kubernetes_login(vault, tmp_path):
                     kubernetes_jwt_path=str(token_file)).read(LAKEFS_PATH)
     finally:
         review.server.close()
+
+
+def test_a_restarted_dev_vault_keeps_the_signing_and_pii_keys(tmp_path, lakefs_server):
+    """The dev server forgets everything on exit; the stack's registry signatures and pseudonyms must not."""
+    from lakeloop.registry import VaultSigner
+
+    def started(root: str):
+        server = bao.start(tmp_path, _proc.free_port(), root)
+        creds = bao.bootstrap(server.address, root, tmp_path, ("AKIA", "secret"))
+        client = VaultClient(VaultSettings(address=server.address, auth_method="approle",
+                                           role_id_ref=f"file:{creds['pipeline']}#role_id",
+                                           secret_id_ref=f"file:{creds['pipeline']}#secret_id"))
+        return server, client
+
+    first, client = started("first-root")
+    try:
+        signature = VaultSigner(client).sign(b"manifest of v1")
+        pii_key = client.read_key(PII_PATH, "key")
+    finally:
+        _proc.stop(first.process_pid)
+    kept = tmp_path / "vault" / bao.KEPT_KEYS
+    assert kept.stat().st_mode & 0o777 == 0o600
+
+    second, client = started("second-root")
+    try:
+        signer = VaultSigner(client)
+        assert signer.verify(b"manifest of v1", signature)
+        assert not signer.verify(b"manifest of v2", signature)
+        assert client.read_key(PII_PATH, "key") == pii_key
+    finally:
+        _proc.stop(second.process_pid)
