@@ -42,15 +42,11 @@ def lakeloop(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
 
 def webhook_token(state_dir: Path, vault_url: str) -> str:
     """The receiver's bearer token, read with the webhook's own AppRole (as the receiver does)."""
-    import hvac
+    from lakeloop.secrets import WEBHOOK_PATH, VaultClient
+    from lakeloop.serving import vault_settings
 
-    from lakeloop.secrets import WEBHOOK_PATH
-
-    creds = json.loads((state_dir / "vault" / "webhook.approle.json").read_text())
-    client = hvac.Client(url=vault_url)
-    client.auth.approle.login(creds["role_id"], creds["secret_id"])
-    return client.secrets.kv.v2.read_secret_version(WEBHOOK_PATH, mount_point="secret",
-                                                    raise_on_deleted_version=True)["data"]["data"]["token"]
+    approle = state_dir / "vault" / "webhook.approle.json"
+    return VaultClient(vault_settings(vault_url, approle_file=str(approle))).read_key(WEBHOOK_PATH, "token")
 
 
 def trigger_latencies(api: str, hook: str, token: str, events: int, label: str) -> list[dict]:

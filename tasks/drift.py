@@ -24,8 +24,6 @@ from lakeloop.drift._plots import plot_features
 from lakeloop.modeling.features import FeatureSpec, labels, split_of
 from lakeloop.modeling.metrics import classification_metrics
 
-SCORE = SCORE_FEATURE  # the served model's score: its drift is reported like a feature's
-
 
 class Performance(BaseModel):
     """The production model on labelled rows published after its data commit (rows it never saw)."""
@@ -65,11 +63,16 @@ def production_model(registry: RegistryConfig) -> tuple[int | None, dict]:
     return (version, reg.manifest(registry.model_name, version)) if version is not None else (None, {})
 
 
+def _version_folder(registry: RegistryConfig, drift: DriftConfig, version: int) -> Path:
+    """Where a model version's reference (and its verified model file) is cached."""
+    return Path(drift.work_root) / registry.repository / registry.model_name / f"v{version}"
+
+
 @task(cache_policy=NO_CACHE)
 def drift_reference(registry: RegistryConfig, data: DataConfig, drift: DriftConfig, version: int,
                     manifest: dict) -> Reference:
     """The reference of `version`: built once from its training rows, cached on disk, loaded once per run."""
-    folder = Path(drift.work_root) / registry.repository / registry.model_name / f"v{version}"
+    folder = _version_folder(registry, drift, version)
     if (folder / "reference.json").exists():
         return Reference.load(folder)
     connection = LakeFSConnection.load(registry.lakefs_block)
@@ -84,7 +87,7 @@ def drift_reference(registry: RegistryConfig, data: DataConfig, drift: DriftConf
     if len(train) > drift.reference_rows:
         train = train.sample(drift.reference_rows, random_state=0)
     columns = {name: train[name].to_numpy() for name in (*spec.numeric, *spec.categorical)}
-    columns[SCORE] = d.score(model_dir / "model.onnx", train)
+    columns[SCORE_FEATURE] = d.score(model_dir / "model.onnx", train)
     reference = Reference.build(columns, drift.thresholds.bins)
     reference.save(folder)
     get_run_logger().info("built the drift reference of v%d from %d training rows at %s", version, len(train),
@@ -121,7 +124,7 @@ def labelled_performance(registry: RegistryConfig, data: DataConfig, drift: Drif
     metric = compression.get("config", {}).get("primary_metric", "pr_auc")
     chosen = next((row for row in compression.get("table", []) if row.get("name") == compression.get("chosen")), {})
     at_training = float(chosen.get("primary_metric", manifest.get("metrics", {}).get(metric, float("nan"))))
-    model = Path(drift.work_root) / registry.repository / registry.model_name / f"v{version}" / "model" / "model.onnx"
+    model = _version_folder(registry, drift, version) / "model" / "model.onnx"  # fetched with the reference
     current = float(classification_metrics(labels(frame), d.score(model, frame))[metric])
     drop = at_training - current
     performance = Performance(rows=len(frame), since_commit=since, head_commit=head, metric=metric, current=current,

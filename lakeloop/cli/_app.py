@@ -157,14 +157,21 @@ class _NoTraceback(logging.Formatter):
             record.exc_info, record.exc_text = saved
 
 
-def _console_without_tracebacks() -> None:
+def prefect_console_handlers() -> Iterator[logging.Handler]:
+    """The handlers through which Prefect logs to the terminal, on every logger."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
     for logger in loggers:
         for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, _NoTraceback):
-                handler.setFormatter(_NoTraceback(handler.formatter or logging.Formatter()))
+            if isinstance(handler, PrefectConsoleHandler):
+                yield handler
+
+
+def _console_without_tracebacks() -> None:
+    for handler in prefect_console_handlers():
+        if not isinstance(handler.formatter, _NoTraceback):
+            handler.setFormatter(_NoTraceback(handler.formatter or logging.Formatter()))
 
 
 def _drain_prefect() -> None:

@@ -13,7 +13,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lakeloop.cli._app import DEFAULT_STATE, StateDir, _prefect_api, _stack_up, app, console, out
+from lakeloop.cli._app import (
+    DEFAULT_STATE,
+    StateDir,
+    _prefect_api,
+    _stack_up,
+    app,
+    console,
+    out,
+    prefect_console_handlers,
+)
 from lakeloop.errors import LakeloopError
 
 
@@ -56,13 +65,10 @@ def _runs_log_to_the_ui_only() -> None:
     import logging
 
     from prefect.logging.configuration import setup_logging
-    from prefect.logging.handlers import PrefectConsoleHandler
 
     setup_logging()
-    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]:
-        for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler):
-                handler.setLevel(logging.CRITICAL)
+    for handler in prefect_console_handlers():
+        handler.setLevel(logging.CRITICAL)
 
 
 class _LoopRun:
@@ -91,15 +97,14 @@ class _LoopRun:
         published = self._publish(loop, good)
         self._publish(loop, broken)
         if published.already_published:  # a re-run on the same state: nothing merged, so ask as CI would
-            from lakeloop.secrets import WEBHOOK_PATH, VaultClient, VaultSettings
+            from lakeloop.secrets import WEBHOOK_PATH, VaultClient
+            from lakeloop.serving import vault_settings
 
             console.print("  the batch was published by an earlier run: asking for a retrain through "
                           "POST /hooks/retrain instead")
             approle = self.state_dir / "vault" / "webhook.approle.json"  # a CI caller holds the webhook's token
-            vault = VaultClient(VaultSettings(address=self.services["vault"].url, auth_method="approle",
-                                              role_id_ref=f"file:{approle}#role_id",
-                                              secret_id_ref=f"file:{approle}#secret_id"))
-            token = vault.read_key(WEBHOOK_PATH, "token")
+            token = VaultClient(vault_settings(self.services["vault"].url, approle_file=str(approle))).read_key(
+                WEBHOOK_PATH, "token")
             since = loop.utcnow()
             loop.request_retrain(self.services["webhook"].url, token, "make run on data published earlier")
 

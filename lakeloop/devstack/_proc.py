@@ -72,24 +72,25 @@ def alive(pid: int) -> bool:
 
 
 def stop(pid: int, timeout: float = 10.0) -> bool:
-    """Stop the process group led by pid: SIGTERM, then SIGKILL. True if something was stopped.
+    """Stop pid, the process group it leads, and every descendant: SIGTERM, then SIGKILL. True if
+    something was stopped.
 
-    Descendants that left the group (a Prefect worker starts each flow run in its own session) are
-    stopped too.
+    Descendants that left the group are stopped too: a Prefect worker starts each flow run in its own
+    session, and torchrun each rank.
     """
     if not alive(pid):
         return False
     try:
-        descendants = psutil.Process(pid).children(recursive=True)
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
-        descendants = []
-    _stop_group(pid, timeout)
-    for child in descendants:
+        tree = []
+    _stop_group(pid, timeout)  # a no-op unless pid leads a group (the stack's services do)
+    for member in tree:
         try:
-            child.terminate()
+            member.terminate()
         except psutil.Error:
             continue
-    _, remaining = psutil.wait_procs(descendants, timeout=timeout)
+    _, remaining = psutil.wait_procs(tree, timeout=timeout)
     for child in remaining:
         with contextlib.suppress(psutil.Error):
             child.kill()

@@ -162,7 +162,7 @@ def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | 
         if on_ready is not None:
             on_ready(services, creds)
         log(f"deploying the flows to work pool {WORK_POOL} (prefect deploy --prefect-file deployments.yaml --all) ...")
-        deployed = deploy_flows(state_dir, prefect.url + "/api")
+        deployed = deploy_flows(state_dir, services)
         log(f"deployed {', '.join(deployed)}")
         services["webhook"] = _start_webhook(state_dir, services, creds["webhook"])
         _save(state_dir, services)
@@ -246,12 +246,11 @@ def _flow_env(state_dir: Path, services: dict[str, Service]) -> dict[str, str]:
     return env
 
 
-def deploy_flows(state_dir: Path, api_url: str) -> list[str]:
+def deploy_flows(state_dir: Path, services: dict[str, Service]) -> list[str]:
     """`prefect work-pool create` (process) and `prefect deploy --prefect-file deployments.yaml --all`."""
     import yaml
 
-    env = {"PREFECT_API_URL": api_url, "LAKELOOP_PROJECT_DIR": str(project_dir()),
-           "PREFECT_HOME": str(state_dir / "prefect" / "client")}
+    env = _flow_env(state_dir, services)
     log_file = state_dir / "logs" / "deploy.log"
     _prefect_cli(["work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"], env, log_file)
     _prefect_cli(["deploy", "--prefect-file", "deployments.yaml", "--all"], env, log_file)
@@ -268,9 +267,12 @@ def install_lakefs_action(lakefs_url: str, keys: tuple[str, str], hook_url: str,
     """
     import lakefs
 
+    from lakeloop.config import DataConfig
+
     client = lakefs.Client(host=lakefs_url, username=keys[0], password=keys[1])
     repo = lakefs.Repository(repository, client=client)
-    repo.create(storage_namespace=f"local://lakeloop/{repository}", default_branch="main", exist_ok=True)
+    repo.create(storage_namespace=DataConfig(repository=repository).namespace(), default_branch="main",
+                exist_ok=True)
     main = repo.branch("main")
     text = ACTION.format(url=hook_url)
     try:

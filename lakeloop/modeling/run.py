@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 
 from lakeloop.config import TrainingConfig
 from lakeloop.devstack import _proc
@@ -75,7 +73,8 @@ def launch(workdir: Path, config: TrainingConfig, timeout: float | None = None) 
         try:
             returncode = process.wait(timeout=timeout)
         except BaseException as exc:  # a timeout, or the task itself being stopped
-            _kill_tree(process)
+            _proc.stop(process.pid)  # torchrun starts its ranks in sessions of their own: they go too
+            process.wait()
             if isinstance(exc, subprocess.TimeoutExpired):
                 raise TrainingError(f"training in {workdir} ran past {timeout:.0f}s; its checkpoints are kept and "
                                     "a re-run resumes from the last one", workdir=str(workdir)) from exc
@@ -85,19 +84,6 @@ def launch(workdir: Path, config: TrainingConfig, timeout: float | None = None) 
         raise TrainingError(f"training in {workdir} failed (exit {returncode}); a re-run resumes from the "
                             f"last checkpoint. Last lines of {log_path}:\n{tail}", workdir=str(workdir))
     return json.loads((workdir / "result.json").read_text())
-
-
-def _kill_tree(process: subprocess.Popen) -> None:
-    """torchrun starts its ranks in sessions of their own: stop them too, or they train on as orphans."""
-    try:
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    except psutil.Error:
-        tree = []
-    for member in reversed(tree):
-        with contextlib.suppress(psutil.Error):
-            member.kill()
-    process.wait()
-    psutil.wait_procs(tree, timeout=30)
 
 
 def record_lineage(workdir: Path, **sections: object) -> dict:

@@ -38,13 +38,11 @@ def stopped(pids: list[int]) -> bool:
 
 def vault_secret(state_dir: Path, services: dict, consumer: str, path: str) -> dict:
     """A KV secret, read with one consumer's AppRole (as that service reads it)."""
-    import hvac
+    from lakeloop.secrets import VaultClient
+    from lakeloop.serving import vault_settings
 
-    creds = json.loads((state_dir / "vault" / f"{consumer}.approle.json").read_text())
-    vault = hvac.Client(url=services["vault"]["url"])
-    vault.auth.approle.login(creds["role_id"], creds["secret_id"])
-    return vault.secrets.kv.v2.read_secret_version(path, mount_point="secret",
-                                                   raise_on_deleted_version=True)["data"]["data"]
+    approle = state_dir / "vault" / f"{consumer}.approle.json"
+    return VaultClient(vault_settings(services["vault"]["url"], approle_file=str(approle))).read(path)
 
 
 def lakefs_client(state_dir: Path, services: dict):
