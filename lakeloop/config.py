@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from lakeloop.drift import DriftThresholds
 
@@ -30,6 +30,8 @@ def serving_url() -> str:
 class DataConfig(BaseModel):
     """Where the versioned data lives and how to reach it."""
 
+    model_config = ConfigDict(extra="forbid")
+
     repository: str = Field("lakeloop-data", description="lakeFS repository of the dataset.")
     branch: str = Field("main", description="Published branch: only validated data is merged here.")
     prefix: str = Field("transactions", description="Path prefix of the dataset's parquet parts.")
@@ -45,6 +47,8 @@ class DataConfig(BaseModel):
 
 class TrainingConfig(BaseModel):
     """How to train: model size, optimisation, and the hardware layout (CPU today, GPUs tomorrow)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(5, ge=1, le=1000, description="Passes over the training split.")
     global_batch_size: int = Field(512, ge=1, description="Batch size summed over all processes.")
@@ -77,6 +81,8 @@ class TrainingConfig(BaseModel):
 class CompressionConfig(BaseModel):
     """Which compressed candidates to build and how to choose among them."""
 
+    model_config = ConfigDict(extra="forbid")
+
     primary_metric: Literal["pr_auc", "roc_auc", "f1", "accuracy"] = Field(
         "pr_auc", description="Gate metric; PR AUC by default, since accuracy means little on a rare label.")
     tolerance: float = Field(0.01, ge=0, description="Largest allowed drop of the primary metric (0.01 = 1 point).")
@@ -93,6 +99,8 @@ class CompressionConfig(BaseModel):
 class RegistryConfig(BaseModel):
     """Where model versions live."""
 
+    model_config = ConfigDict(extra="forbid")
+
     repository: str = Field("lakeloop-models", description="lakeFS repository of the model registry.")
     model_name: str = Field("fraud", description="Registered model name.")
     storage_namespace: str | None = Field(None, description="Used if the repository must be created.")
@@ -101,6 +109,8 @@ class RegistryConfig(BaseModel):
 
 class DeployConfig(BaseModel):
     """How a registered version goes live: the gate against the champion, the server to switch, the smoke test."""
+
+    model_config = ConfigDict(extra="forbid")
 
     alias: Literal["production", "staging"] = Field("production", description="The alias the server follows.")
     primary_metric: Literal["pr_auc", "roc_auc", "f1", "accuracy"] = Field(
@@ -116,6 +126,8 @@ class DeployConfig(BaseModel):
 
 class DriftConfig(BaseModel):
     """How monitor-drift watches the served model's traffic."""
+
+    model_config = ConfigDict(extra="forbid")
 
     window_hours: float = Field(24, gt=0, description="Length of the traffic window that is compared.")
     min_rows: int = Field(100, ge=1, description="A window with fewer logged rows counts as no data.")

@@ -2,6 +2,7 @@
 
     LakeloopError
     ├── ConfigError            a setting or parameter is missing or invalid
+    │   └── ProjectError       a project file (lakeloop.yaml), its schema or a plug-in is invalid
     ├── DataValidationError    a batch broke the schema (carries the full report)
     ├── LakeFSError            lakeFS answered with an error or could not be reached
     │   ├── LakeFSUnreachableError  no answer at all (the only lakeFS error worth retrying)
@@ -49,6 +50,14 @@ def _rebuild(cls: type[LakeloopError], message: str, context: dict[str, Any]) ->
 
 class ConfigError(LakeloopError):
     """A setting or parameter is missing or invalid."""
+
+
+class ProjectError(ConfigError):
+    """A project file, its schema or its model plug-in is invalid; `problems` lists every one found."""
+
+    @property
+    def problems(self) -> list[str]:
+        return list(self.context.get("problems") or [self.message])
 
 
 class DataValidationError(LakeloopError):

@@ -21,7 +21,8 @@ from lakeloop.errors import LakeloopError
 
 app = typer.Typer(help="lakeloop: the MLOps loop on lakeFS, Prefect, Vault and ONNX Runtime.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-dev = typer.Typer(help="The embedded stack: Prefect server, OpenBao (Vault) and lakeFS.",
+dev = typer.Typer(help="The embedded stack on localhost: Prefect server (UI), OpenBao (Vault), the lakeFS-compatible "
+                       "server, the model server, the webhook receiver and a Prefect worker.",
                   no_args_is_help=True)
 data = typer.Typer(help="Sample data and ingestion into lakeFS.", no_args_is_help=True)
 app.add_typer(dev, name="dev")
@@ -65,18 +66,28 @@ def _register_blocks(services, creds) -> None:
                     creds["pipeline"])
 
 
-def _stack_up(state_dir: Path) -> dict:
+def _stack_up(state_dir: Path, schedules: bool = False) -> dict:
     from lakeloop.devstack import stack
 
     with console.status("starting the embedded stack ..."):
-        services = stack.up(state_dir, log=lambda m: console.print(f"  {m}"), on_ready=_register_blocks)
+        services = stack.up(state_dir, log=lambda m: console.print(f"  {m}"), on_ready=_register_blocks,
+                            schedules=schedules)
     return services
 
 
 @dev.command("up")
-def dev_up(state_dir: StateDir = DEFAULT_STATE) -> None:
-    """Start Prefect (with UI), OpenBao and lakeFS on localhost; state under --state-dir."""
-    _stack_up(state_dir)
+def dev_up(
+    state_dir: StateDir = DEFAULT_STATE,
+    schedules: Annotated[bool, typer.Option(
+        "--schedules/--no-schedules", help="Leave the deployments' cron schedules (hourly monitor-drift) active; "
+        "by default they are deployed paused, so nothing fires unless asked for.")] = False,
+) -> None:
+    """Start the stack on localhost, deploy the flows, install the retrain action; state under --state-dir.
+
+    Starts the Prefect server (UI), OpenBao (Vault, bootstrapped with one AppRole per consumer), the
+    lakeFS-compatible server, the model server, the webhook receiver and a process worker.
+    """
+    _stack_up(state_dir, schedules)
     _print_status(state_dir)
     console.print(f"Point a shell at it with: [bold]source {state_dir / 'env'}[/]")
 

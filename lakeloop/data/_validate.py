@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -30,11 +31,11 @@ class Failure:
     count: int
     rows: list[int] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
+    role: str = ""  # "the label column", when it is
 
     def describe(self) -> str:
         if self.check == "column_in_dataframe":
-            what = " (the label column)" if self.column == LABEL else ""
-            return f"missing column {self.column!r}{what}"
+            return f"missing column {self.column!r}" + (f" ({self.role})" if self.role else "")
         if self.check == "column_in_schema":
             return f"unexpected column {self.column!r} (not in the schema; drop or rename it)"
         if self.check == "empty_batch":
@@ -95,19 +96,21 @@ class ValidationReport:
         return "\n".join(lines) + "\n"
 
 
-def validate_batch(frame: pd.DataFrame, model: type[pa.DataFrameModel], source: str,
-                   workers: int | None = None) -> ValidationReport:
+def validate_batch(frame: pd.DataFrame, model: type[pa.DataFrameModel] | pa.DataFrameSchema, source: str,
+                   workers: int | None = None, *, sensitive: Collection[str] = _SENSITIVE,
+                   label: str | None = LABEL) -> ValidationReport:
     """Validate with every failure collected (pandera lazy mode), never raising on bad data.
 
     Large frames are validated column group by column group on `workers` threads (default: the
     CPU count, at most 4): pandera runs every check as usual, and the string checks, which
     dominate, run in pyarrow kernels that release the GIL. The input frame is never modified.
     """
-    report = ValidationReport(source=source, schema=model.__name__, rows=len(frame))
+    schema = model if isinstance(model, pa.DataFrameSchema) else model.to_schema()
+    name = schema.name or getattr(model, "__name__", "the schema")
+    report = ValidationReport(source=source, schema=name, rows=len(frame))
     if frame.empty:
         report.failures.append(Failure("*", "empty_batch", 0))
         return report
-    schema = model.to_schema()
     workers = workers or min(os.cpu_count() or 1, 4)
     if workers < 2 or len(frame) < _PARALLEL_FROM_ROWS or schema.checks:
         cases = [_failure_cases(schema, frame)]
@@ -119,7 +122,10 @@ def validate_batch(frame: pd.DataFrame, model: type[pa.DataFrameModel], source: 
                                   _partition(schema, workers)))
     found = [c for c in cases if c is not None]
     if found:
-        report.failures += _failures(pd.concat(found, ignore_index=True))
+        report.failures += _failures(pd.concat(found, ignore_index=True), set(sensitive))
+    for failure in report.failures:
+        if failure.column == label:
+            failure.role = "the label column"
     return report
 
 
@@ -164,7 +170,7 @@ def _partition(schema: pa.DataFrameSchema, parts: int) -> list[list[str]]:
     return [g for g in groups if g]
 
 
-def _failures(cases: pd.DataFrame) -> list[Failure]:
+def _failures(cases: pd.DataFrame, sensitive: set[str]) -> list[Failure]:
     failures = []
     cases = cases.assign(column=cases["column"].fillna("*").astype(str), check=cases["check"].astype(str))
     for (column, check), group in cases.groupby(["column", "check"], sort=False):
@@ -174,7 +180,7 @@ def _failures(cases: pd.DataFrame) -> list[Failure]:
             continue
         index = pd.to_numeric(group["index"], errors="coerce").dropna().astype(int)
         values = group["failure_case"].head(_SAMPLES)
-        examples = ["<redacted>" if column in _SENSITIVE else repr(v)[:40] for v in values]
+        examples = ["<redacted>" if column in sensitive else repr(v)[:40] for v in values]
         failures.append(Failure(column, check, len(group), index.head(_SAMPLES).tolist(), examples))
     return failures
 

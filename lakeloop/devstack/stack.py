@@ -111,8 +111,8 @@ def running(state_dir: Path) -> dict[str, Service]:
 OnReady = Callable[[dict[str, Service], dict[str, Path]], None]
 
 
-def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | None = None
-       ) -> dict[str, Service]:
+def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | None = None,
+       schedules: bool = False) -> dict[str, Service]:
     """Start the stack (or report the one already running); returns the services.
 
     Args:
@@ -120,6 +120,9 @@ def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | 
         log: progress messages go here.
         on_ready: called with the services and the AppRole credential files once everything is
             healthy (the CLI registers the Prefect blocks there).
+        schedules: leave the deployments' cron schedules active. Off by default: a schedule that fires
+            into a demo or a test (the hourly monitor-drift at the top of the hour) starts runs nobody
+            asked for, so they are deployed paused until `--schedules` (or the UI) turns them on.
     """
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -162,8 +165,9 @@ def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | 
         if on_ready is not None:
             on_ready(services, creds)
         log(f"deploying the flows to work pool {WORK_POOL} (prefect deploy --prefect-file deployments.yaml --all) ...")
-        deployed = deploy_flows(state_dir, services)
-        log(f"deployed {', '.join(deployed)}")
+        deployed = deploy_flows(state_dir, services, schedules=schedules)
+        log(f"deployed {', '.join(deployed)}; schedules "
+            + ("active" if schedules else "paused (start the stack with --schedules to run them)"))
         services["webhook"] = _start_webhook(state_dir, services, creds["webhook"])
         _save(state_dir, services)
         install_lakefs_action(services["lakefs"].url, (key_id, secret), f"{services['webhook'].url}/hooks/lakefs")
@@ -246,15 +250,26 @@ def _flow_env(state_dir: Path, services: dict[str, Service]) -> dict[str, str]:
     return env
 
 
-def deploy_flows(state_dir: Path, services: dict[str, Service]) -> list[str]:
-    """`prefect work-pool create` (process) and `prefect deploy --prefect-file deployments.yaml --all`."""
+def deploy_flows(state_dir: Path, services: dict[str, Service], schedules: bool = False) -> list[str]:
+    """`prefect work-pool create` (process) and `prefect deploy --prefect-file deployments.yaml --all`.
+
+    Unless `schedules`, the deployments go up with their schedules inactive (a copy of deployments.yaml
+    with `active: false` on each): nothing fires between deploying and pausing. Triggers stay on.
+    """
     import yaml
 
     env = _flow_env(state_dir, services)
     log_file = state_dir / "logs" / "deploy.log"
     _prefect_cli(["work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"], env, log_file)
-    _prefect_cli(["deploy", "--prefect-file", "deployments.yaml", "--all"], env, log_file)
     spec = yaml.safe_load((project_dir() / "deployments.yaml").read_text())
+    prefect_file = project_dir() / "deployments.yaml"
+    if not schedules:
+        for deployment in spec["deployments"]:
+            for schedule in deployment.get("schedules") or []:
+                schedule["active"] = False
+        prefect_file = state_dir / "deployments.paused.yaml"
+        prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    _prefect_cli(["deploy", "--prefect-file", str(prefect_file), "--all"], env, log_file)
     return [d["name"] for d in spec["deployments"]]
 
 

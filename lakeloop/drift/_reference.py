@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from lakeloop.drift import _stats as st
 from lakeloop.errors import DriftError
@@ -26,6 +26,8 @@ GRID_POINTS = 1000  # quantiles of the reference kept for KS and Wasserstein
 
 class DriftThresholds(BaseModel):
     """When a feature, and the whole window, count as drifted (effect sizes; Evidently's defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     wasserstein: float = Field(0.1, gt=0, description="Numbers: Wasserstein distance / reference std.")
     psi: float = Field(0.2, gt=0, description="Numbers: population stability index on reference deciles.")

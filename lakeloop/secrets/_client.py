@@ -92,7 +92,9 @@ class VaultClient:
     def __init__(self, settings: VaultSettings) -> None:
         self.settings = settings
         verify: bool | str = settings.ca_cert_path or settings.tls_verify
-        self._hvac = hvac.Client(url=settings.address, verify=verify, namespace=settings.namespace,
+        # token="" (not None): hvac would otherwise adopt an ambient token (VAULT_TOKEN, ~/.vault-token) and
+        # this client would never log in with its configured credentials
+        self._hvac = hvac.Client(url=settings.address, token="", verify=verify, namespace=settings.namespace,
                                  timeout=10)
         self._lock = threading.Lock()
         self._expires_at = 0.0

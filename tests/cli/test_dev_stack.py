@@ -61,7 +61,7 @@ def state_dir(tmp_path):
 
 
 def test_up_status_ingest_down(state_dir, tmp_path):
-    up = lakeloop("dev", "up", "--state-dir", str(state_dir))
+    up = lakeloop("dev", "up", "--state-dir", str(state_dir), "--schedules")
     assert up.returncode == 0, up.stdout + up.stderr
     services = json.loads((state_dir / "stack.json").read_text())["services"]
     assert set(services) == SERVICES
@@ -77,7 +77,7 @@ def test_up_status_ingest_down(state_dir, tmp_path):
     assert f"LAKELOOP_SERVING_URL={services['serving']['url']}" in env_file
     assert "secret_id" not in env_file and "role_id" not in env_file
 
-    # deployed: every deployment of deployments.yaml, the hourly schedule, the retrain triggers
+    # deployed: every deployment of deployments.yaml, the hourly schedule (active: --schedules), the triggers
     api = services["prefect"]["url"] + "/api"
     names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}).json()}
     assert names == {"ingest-data", "train-model", "compress-model", "register-model", "deploy-model",
@@ -154,8 +154,13 @@ def test_make_run_closes_the_loop_through_the_triggers(loop):
     assert "v1 deployed" in flat and "v2 deployed" in flat and "v3 deployed" in flat
     assert "Prefect UI: " + services["prefect"]["url"] in flat
 
-    # the Prefect server agrees: three retrain runs, each created by an automation, all completed
+    # the demo deploys schedules paused: the hourly monitor-drift cannot fire into it at the top of an hour
     api = services["prefect"]["url"] + "/api"
+    drift = httpx.get(f"{api}/deployments/name/monitor-drift/monitor-drift").json()
+    assert [(s["schedule"]["cron"], s["active"]) for s in drift["schedules"]] == [("0 * * * *", False)]
+    assert httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [drift["id"]]}}}).json() == []
+
+    # the Prefect server agrees: three retrain runs, each created by an automation, all completed
     retrain = httpx.get(f"{api}/deployments/name/retrain/retrain").json()
     runs = httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [retrain["id"]]}},
                                                        "sort": "EXPECTED_START_TIME_ASC"}).json()

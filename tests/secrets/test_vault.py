@@ -20,6 +20,19 @@ from lakeloop.errors import (
 from lakeloop.secrets import LAKEFS_PATH, PII_PATH, SERVING_PATH, VaultClient, VaultSettings
 from tests._loopback import LoopbackServer
 
+BOGUS_AMBIENT = "s.bogus-ambient-token"
+
+
+@pytest.fixture(autouse=True)
+def bogus_ambient_token(tmp_path, monkeypatch):
+    """Every test here runs with an operator's stale token lying around (`vault login` leaves
+    ~/.vault-token; shells export VAULT_TOKEN): configured credentials must win over both."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".vault-token").write_text(BOGUS_AMBIENT)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("VAULT_TOKEN", BOGUS_AMBIENT)
+
 
 def _client(vault, consumer: str = "pipeline", **overrides) -> VaultClient:
     return VaultClient(VaultSettings(address=vault.address, **{**vault.approle(consumer), **overrides}))
@@ -49,6 +62,20 @@ def test_pinned_versions(vault):
         assert client.read_key("lakeloop/tests/versions", "value", version=1) == "one"
         with pytest.raises(SecretNotFoundError, match=r"version 7"):
             client.read("lakeloop/tests/versions", version=7)
+
+
+def test_configured_credentials_win_over_ambient_tokens(vault, monkeypatch):
+    assert hvac.Client(url=vault.address).token == BOGUS_AMBIENT  # what hvac would adopt by itself
+    approle = _client(vault)
+    assert approle.read(LAKEFS_PATH)
+    assert approle.hvac.token != BOGUS_AMBIENT and approle.logins == 1
+    token = _client(vault, auth_method="token", token_ref="env:TEST_VAULT_TOKEN")
+    monkeypatch.setenv("TEST_VAULT_TOKEN", vault.root_token)
+    assert token.read(LAKEFS_PATH) and token.hvac.token == vault.root_token
+    monkeypatch.delenv("VAULT_TOKEN")  # only the file is left: still not used
+    unset = _client(vault, auth_method="token", token_ref="env:NOT_SET_ANYWHERE")
+    with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE is not set"):
+        unset.read(LAKEFS_PATH)
 
 
 def test_least_privilege_is_enforced(vault):

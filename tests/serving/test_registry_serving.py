@@ -4,6 +4,7 @@ keep the old version serving, API keys from Vault, inference logs committed to a
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -116,7 +117,9 @@ def test_hot_swap_under_load_refuses_bad_versions(lakefs_server, vault, tmp_path
         first_v2 = versions.index("2")
         assert set(versions[:first_v2]) == {"1"} and set(versions[first_v2:]) == {"2"}  # one clean switch
         metrics = httpx.get(f"{served.url}/metrics", headers=auth).text
-        assert 'lakeloop_model_swaps_total{outcome="refused"} 2' in metrics
+        # each bad version is refused by the load request and, when its 0.3 s poll comes first, by the watcher
+        refused = int(re.search(r'lakeloop_model_swaps_total\{outcome="refused"\} (\d+)', metrics).group(1))
+        assert 2 <= refused <= 4, metrics
         assert 'lakeloop_model_swaps_total{outcome="swapped"} 2' in metrics
 
         branch = lakefs.Repository(logs_repo, client=lakefs_server.client()).branch("inference-logs")
