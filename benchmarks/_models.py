@@ -21,10 +21,11 @@ def raw_feature_model(path: Path, seed: int = 0, state_dict_path: Path | None = 
     from lakeloop.data.generate import generate_transactions
     from lakeloop.modeling.features import FeatureSpec
     from lakeloop.modeling.nets import TabularNet
+    from lakeloop.project import resolve_project
 
-    spec = FeatureSpec.fit(generate_transactions(500, seed=1))
+    spec = FeatureSpec.fit(resolve_project("fraud"), generate_transactions(500, seed=1))
     torch.manual_seed(seed)
-    net = TabularNet(len(spec.numeric), spec.cardinalities).eval()
+    net = TabularNet(spec.numeric_width, spec.cardinalities).eval()
     if state_dict_path is not None:
         torch.save(net.state_dict(), state_dict_path)
         (state_dict_path.parent / "features.json").write_text(spec.to_json())
@@ -36,8 +37,9 @@ def _rewire_probability(source: Path, path: Path, constants: dict[str, np.ndarra
     `probability_raw`, and `nodes` (which may use `constants`) must produce `probability` again."""
     model = onnx.load(source)
     graph = model.graph
-    for node in graph.node:
+    for node in graph.node:  # its consumers (the label) keep reading the original
         node.output[:] = ["probability_raw" if o == "probability" else o for o in node.output]
+        node.input[:] = ["probability_raw" if i == "probability" else i for i in node.input]
     graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
     graph.node.extend(nodes)
     onnx.checker.check_model(model)
@@ -48,10 +50,9 @@ def _rewire_probability(source: Path, path: Path, constants: dict[str, np.ndarra
 def nan_on_zero_amount(source: Path, path: Path) -> Path:
     """A copy whose probability is NaN when amount is 0 (probability * amount / amount): a model
     that looks fine on real rows but fails the server's smoke inference."""
-    return _rewire_probability(source, path, {"squeeze_axis": np.array([1], dtype=np.int64)}, [
+    return _rewire_probability(source, path, {}, [
         helper.make_node("Div", ["amount", "amount"], ["amount_ratio"]),
-        helper.make_node("Squeeze", ["amount_ratio", "squeeze_axis"], ["amount_ratio_flat"]),
-        helper.make_node("Mul", ["probability_raw", "amount_ratio_flat"], ["probability"])])
+        helper.make_node("Mul", ["probability_raw", "amount_ratio"], ["probability"])])
 
 
 def inverted(source: Path, path: Path) -> Path:

@@ -41,7 +41,7 @@ def main() -> None:
     model_dir, port = Path(sys.argv[1]), int(sys.argv[2])
     torch.set_num_threads(1)
     spec = FeatureSpec.from_json((model_dir / "features.json").read_text())
-    net = TabularNet(len(spec.numeric), spec.cardinalities)
+    net = TabularNet(spec.numeric_width, spec.cardinalities)
     net.load_state_dict(torch.load(model_dir / "net.pt"))
     net.eval()
     app = FastAPI()
@@ -53,12 +53,12 @@ def main() -> None:
     @app.post("/v2/models/fraud/infer")
     async def infer(request: InferenceRequest) -> dict:
         frame = pd.DataFrame({t.name: t.data for t in request.inputs})
-        missing = set(spec.numeric + spec.categorical) - set(frame.columns)
+        missing = set(spec.inputs) - set(frame.columns)
         if missing:
             raise HTTPException(400, f"missing inputs {sorted(missing)}")
         numeric, categorical = spec.encode(frame)
         with torch.no_grad():
-            probability = torch.sigmoid(net(torch.from_numpy(numeric), torch.from_numpy(categorical)))
+            probability = torch.sigmoid(net(torch.from_numpy(numeric), torch.from_numpy(categorical))[:, 0])
         return {"model_name": "fraud", "id": request.id, "outputs": [
             {"name": "probability", "datatype": "FP32", "shape": [len(frame)], "data": probability.tolist()}]}
 

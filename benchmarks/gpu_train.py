@@ -25,10 +25,11 @@ from lakeloop.config import TrainingConfig  # noqa: E402
 from lakeloop.data import pseudonymise  # noqa: E402
 from lakeloop.data.generate import generate_transactions  # noqa: E402
 from lakeloop.modeling.run import launch, prepare_run  # noqa: E402
+from lakeloop.project import resolve_project  # noqa: E402
 
 
-def run(frame, config: TrainingConfig, label: str) -> dict:
-    workdir = prepare_run(frame, "9" * 64, config, {})
+def run(project, frame, config: TrainingConfig, label: str) -> dict:
+    workdir = prepare_run(project, frame, "9" * 64, config, {})
     result = launch(workdir, config)
     with np.load(workdir / "arrays.npz") as arrays:
         samples = (arrays["train_label"].shape[0] // config.global_batch_size) * config.global_batch_size
@@ -58,15 +59,17 @@ def main() -> None:
         print(f"{gpus} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
     frame = pseudonymise(generate_transactions(args.rows, seed=5), b"k" * 32)
     with tempfile.TemporaryDirectory(prefix="lakeloop-gpu-bench-") as tmp:
-        base = TrainingConfig(epochs=args.epochs, global_batch_size=args.batch, hidden=args.hidden,
-                              accelerator=accelerator, learning_rate=1e-3)
+        project = resolve_project("fraud")
+        project = project.model_copy(update={"model": project.model.model_copy(update={"hidden": args.hidden})})
+        base = TrainingConfig(epochs=args.epochs, global_batch_size=args.batch, accelerator=accelerator,
+                              learning_rate=1e-3)
         precisions = ["32-true"] if args.cpu_smoke else ["bf16-mixed", "32-true"]
         for precision in precisions:
-            run(frame, base.model_copy(update={"precision": precision, "work_root": f"{tmp}/{precision}"}),
+            run(project, frame, base.model_copy(update={"precision": precision, "work_root": f"{tmp}/{precision}"}),
                 f"1 device, {precision}")
         ddp = base.model_copy(update={"devices": gpus, "strategy": "ddp", "work_root": f"{tmp}/ddp",
                                       "precision": "32-true" if args.cpu_smoke else "bf16-mixed"})
-        run(frame, ddp, f"DDP over {gpus} device(s), {'gloo' if args.cpu_smoke else 'nccl'}")
+        run(project, frame, ddp, f"DDP over {gpus} device(s), {'gloo' if args.cpu_smoke else 'nccl'}")
 
 
 if __name__ == "__main__":

@@ -27,12 +27,13 @@ import torch  # noqa: E402
 
 from lakeloop.compression import compress, onnx_inputs  # noqa: E402
 from lakeloop.compression.candidates import session  # noqa: E402
-from lakeloop.config import CompressionConfig, TrainingConfig  # noqa: E402
+from lakeloop.config import CompressionConfig  # noqa: E402
 from lakeloop.data import pseudonymise  # noqa: E402
 from lakeloop.data.generate import generate_transactions  # noqa: E402
 from lakeloop.modeling.features import FeatureSpec, split_of  # noqa: E402
+from lakeloop.modeling.nets import build_net  # noqa: E402
 from lakeloop.modeling.run import launch, prepare_run  # noqa: E402
-from lakeloop.modeling.train import build_net  # noqa: E402
+from lakeloop.project import resolve_project  # noqa: E402
 
 
 def timed(fn, repeat: int) -> float:
@@ -55,15 +56,16 @@ def main() -> None:
     torch.set_num_threads(1)
     frame = pseudonymise(generate_transactions(args.rows, seed=11), b"k" * 32)
     with tempfile.TemporaryDirectory(prefix="lakeloop-infer-bench-") as tmp:
-        config = TrainingConfig(epochs=args.epochs, work_root=tmp)
-        workdir = prepare_run(frame, "d" * 64, config, {})
+        project = resolve_project("fraud")
+        config = project.training.model_copy(update={"epochs": args.epochs, "work_root": tmp})
+        workdir = prepare_run(project, frame, "d" * 64, config, {})
         launch(workdir, config)
         report = compress(workdir, frame, CompressionConfig())
         spec = FeatureSpec.from_json((workdir / "features.json").read_text())
-        net = build_net(spec, config)
+        net = build_net(spec, project.model)
         net.load_state_dict(torch.load(workdir / "model.pt"))
         net.eval()
-        test = frame[split_of(frame["transaction_id"]) == "test"].reset_index(drop=True)
+        test = frame[split_of(frame, project.id) == "test"].reset_index(drop=True)
         sess = session(Path(report.chosen_path), threads=1)
         chosen = next(r for r in report.table if r["name"] == report.chosen)
         print(f"chosen variant: {report.chosen} ({report.primary_metric} {chosen['primary_metric']:.4f} vs torch "
@@ -85,7 +87,7 @@ def main() -> None:
 
             t_net = timed(torch_net, repeat)
             t_pipe = timed(torch_pipeline, repeat // 4)
-            t_ort = timed(lambda f=feeds: sess.run(["logit"], f), repeat)
+            t_ort = timed(lambda f=feeds: sess.run(None, f), repeat)  # every output a client gets
             print(f"batch {batch:>2}: torch eager net {t_net:8.1f} us (baseline) | torch + preprocessing "
                   f"{t_pipe:8.1f} us | ORT {report.chosen} {t_ort:7.1f} us = {t_net / t_ort:.2f}x faster than the "
                   f"baseline, {t_pipe / t_ort:.1f}x than torch with preprocessing")

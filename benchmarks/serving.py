@@ -164,7 +164,8 @@ def check_answer(url: str, body: bytes, expected: np.ndarray, auth: str = "") ->
     answer = httpx.post(f"{url}/v2/models/fraud/infer", content=body, headers=headers, timeout=30)
     answer.raise_for_status()
     outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
-    np.testing.assert_allclose(np.asarray(outputs["probability"], dtype=np.float32), expected, rtol=1e-4, atol=1e-6)
+    served = np.asarray(outputs["probability"], dtype=np.float32).ravel()
+    np.testing.assert_allclose(served, expected.ravel(), rtol=1e-4, atol=1e-6)
 
 
 # -- the two parts --------------------------------------------------------------------------------

@@ -27,16 +27,17 @@ from lakeloop.config import TrainingConfig  # noqa: E402
 from lakeloop.data import pseudonymise  # noqa: E402
 from lakeloop.data.generate import generate_transactions  # noqa: E402
 from lakeloop.modeling.features import FeatureSpec  # noqa: E402
+from lakeloop.modeling.nets import build_net  # noqa: E402
 from lakeloop.modeling.run import launch, prepare_run  # noqa: E402
-from lakeloop.modeling.train import build_net  # noqa: E402
+from lakeloop.project import Project, resolve_project  # noqa: E402
 
 
-def plain_epochs(workdir: Path, config: TrainingConfig, epochs: int) -> list[float]:
+def plain_epochs(workdir: Path, config: TrainingConfig, epochs: int, project: Project) -> list[float]:
     """The loop people write by hand: DataLoader, forward, BCE, backward, AdamW step."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
     spec = FeatureSpec.from_json((workdir / "features.json").read_text())
-    net = build_net(spec, config)
+    net = build_net(spec, project.model)
     with np.load(workdir / "arrays.npz") as a:
         data = TensorDataset(*(torch.from_numpy(a[f"train_{k}"]) for k in ("numeric", "categorical", "label")))
     loader = DataLoader(data, batch_size=config.global_batch_size, shuffle=True, drop_last=True)
@@ -47,7 +48,7 @@ def plain_epochs(workdir: Path, config: TrainingConfig, epochs: int) -> list[flo
         start = time.perf_counter()
         for numeric, categorical, y in loader:
             optimiser.zero_grad()
-            loss = loss_fn(net(numeric, categorical), y)
+            loss = loss_fn(net(numeric, categorical)[:, 0], y)
             loss.backward()
             optimiser.step()
         times.append(time.perf_counter() - start)
@@ -61,14 +62,15 @@ def main() -> None:
     args = parser.parse_args()
     frame = pseudonymise(generate_transactions(args.rows, seed=3), b"k" * 32)
     with tempfile.TemporaryDirectory(prefix="lakeloop-train-bench-") as tmp:
-        config = TrainingConfig(epochs=args.epochs, work_root=tmp)
-        workdir = prepare_run(frame, "b" * 64, config, {})
+        project = resolve_project("fraud")
+        config = project.training.model_copy(update={"epochs": args.epochs, "work_root": tmp})
+        workdir = prepare_run(project, frame, "b" * 64, config, {})
         os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)
         start = time.perf_counter()
         result = launch(workdir, config)
         wall = time.perf_counter() - start
         lightning = [h["train_seconds"] for h in result["history"]][1:]  # the first epoch warms up
-        plain = plain_epochs(workdir, config, args.epochs)[1:]
+        plain = plain_epochs(workdir, config, args.epochs, project)[1:]
         with np.load(workdir / "arrays.npz") as arrays:
             rows = int(arrays["train_label"].shape[0])
     best_l, best_p = min(lightning), min(plain)

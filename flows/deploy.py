@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from lakeloop.config import DataConfig, DeployConfig, RegistryConfig
 from lakeloop.errors import DeploymentError
+from lakeloop.project import resolve_project
 from tasks.data import pull
 from tasks.deploy import (
     GateResult,
@@ -34,8 +35,8 @@ class DeployResult(BaseModel):
 
 
 @flow(name="deploy-model", log_prints=True)
-def deploy_model(version: int, data: DataConfig | None = None, registry: RegistryConfig | None = None,
-                 deploy: DeployConfig | None = None) -> DeployResult:
+def deploy_model(version: int, project: str = "fraud", data: DataConfig | None = None,
+                 registry: RegistryConfig | None = None, deploy: DeployConfig | None = None) -> DeployResult:
     """Put `version` into service if it is not worse than the champion on the same test split.
 
     Gate, then in one Prefect transaction: move the alias, make the server load the version, smoke-test
@@ -43,7 +44,9 @@ def deploy_model(version: int, data: DataConfig | None = None, registry: Registr
     emits `lakeloop.model.rolled-back` and fails the run; success emits `lakeloop.model.deployed`. A
     challenger that loses the gate is `rejected`: nothing moves, and the run completes.
     """
-    data, registry, deploy = data or DataConfig(), registry or RegistryConfig(), deploy or DeployConfig()
+    spec = resolve_project(project)
+    data, deploy = data or spec.data, deploy or spec.deploy
+    registry = registry or RegistryConfig(model_name=spec.name)
     logger = get_run_logger()
     manifest = read_manifest(registry, version)
     champion = current_champion(registry, deploy.alias)
@@ -52,8 +55,8 @@ def deploy_model(version: int, data: DataConfig | None = None, registry: Registr
                             detail=f"v{version} already is {deploy.alias}")
     lineage = manifest.get("lineage", {})
     data = data.model_copy(update={"repository": lineage.get("data_repository", data.repository)})
-    _, frame = pull(data, lineage.get("data_commit"))
-    gate = gate_challenger(version, champion, frame, registry, deploy)
+    _, frame = pull(data, lineage.get("data_commit"), spec)
+    gate = gate_challenger(version, champion, frame, registry, deploy, spec)
     if not gate.passed:
         publish_deploy_report(gate, "rejected", gate.explanation)
         logger.warning("v%d rejected: %s", version, gate.explanation)
@@ -65,7 +68,7 @@ def deploy_model(version: int, data: DataConfig | None = None, registry: Registr
             txn.set("previous", champion)
             move_alias(registry, version, deploy.alias, reason=gate.explanation)
             switch_server(registry, deploy, version)
-            rows = smoke_test(registry, deploy, version, frame)
+            rows = smoke_test(registry, deploy, version, frame, spec)
     except Exception as exc:
         back = f"v{champion}" if champion is not None else "nothing"
         detail = f"{exc}; {deploy.alias} is back on {back}"

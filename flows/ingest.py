@@ -9,6 +9,7 @@ from lakeloop.config import DataConfig
 from lakeloop.data import ValidationReport
 from lakeloop.data._wap import batch_id_of
 from lakeloop.errors import DataValidationError
+from lakeloop.project import resolve_project
 from tasks.data import (
     audit_batch,
     check_published,
@@ -29,13 +30,14 @@ class IngestResult(BaseModel):
 
 
 @flow(name="ingest-data", log_prints=True)
-def ingest_data(source: str, data: DataConfig | None = None) -> IngestResult:
+def ingest_data(source: str, project: str = "fraud", data: DataConfig | None = None) -> IngestResult:
     """Validate a parquet/CSV batch, pseudonymise its PII and publish it to lakeFS `main` atomically.
 
     On any validation failure nothing reaches `main`: the batch and its report are kept on
     `quarantine-<batch>` and the flow fails with one line saying what was wrong.
     """
-    data = data or DataConfig()
+    spec = resolve_project(project)
+    data = data or spec.data
     logger = get_run_logger()
     batch_id = batch_id_of(source)
     published = check_published(data, batch_id)
@@ -48,13 +50,13 @@ def ingest_data(source: str, data: DataConfig | None = None) -> IngestResult:
         report = ValidationReport.unreadable(source, str(exc))
         branch = quarantine_batch(data, batch_id, None, source, report)
         raise _quarantined(report, data, branch, batch_id) from exc
-    report = validate_raw(frame, source)
-    safe = pseudonymise_batch(frame, data)
+    report = validate_raw(frame, source, spec)
+    safe = pseudonymise_batch(frame, data, spec)
     if not report.passed:
         branch = quarantine_batch(data, batch_id, safe, source, report)
         raise _quarantined(report, data, branch, batch_id)
     staged = stage_batch(data, batch_id, safe, source, report)
-    audit = audit_batch(data, staged)
+    audit = audit_batch(data, staged, spec)
     if not audit.passed:
         branch = quarantine_batch(data, batch_id, safe, source, audit)
         raise _quarantined(audit, data, branch, batch_id)

@@ -13,8 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lakeloop.drift import DriftThresholds
 
-SCORE_FEATURE = "output_probability"  # the served model's score, compared like any numeric feature
-
 
 def state_path(sub: str) -> str:
     """A folder under the stack's state directory (LAKELOOP_STATE_DIR, default .lakeloop): flow runs
@@ -54,9 +52,11 @@ class TrainingConfig(BaseModel):
     global_batch_size: int = Field(512, ge=1, description="Batch size summed over all processes.")
     learning_rate: float = Field(3e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
-    pos_weight: float = Field(5.0, gt=0, description="Loss weight of the (rare) fraud class.")
-    hidden: list[int] = Field([64, 64], min_length=1, description="Widths of the MLP's hidden layers.")
-    embedding_dim: int = Field(8, ge=1, description="Width of each categorical embedding.")
+    pos_weight: float = Field(1.0, gt=0, description="Binary: loss weight of the positive class (e.g. 5 for a "
+                                                     "rare class you would rather over-flag).")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="Multiclass: 'balanced' weighs each class by the inverse of its training frequency.")
+    regression_loss: Literal["mse", "huber"] = Field("mse", description="Regression: loss on the standardised label.")
     seed: int = Field(0, description="Seed: same data commit + same config + same seed → same metrics on CPU.")
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto picks GPUs when present.")
     devices: int = Field(1, ge=1, description="Processes per node (one per GPU); `torchrun --nproc-per-node`.")
@@ -70,10 +70,12 @@ class TrainingConfig(BaseModel):
     work_root: str = Field(default_factory=lambda: state_path("training"),
                            description="Where runs keep data, checkpoints and results.")
 
-    def run_key(self, commit_id: str) -> str:
-        """Identifies a run: the data commit plus everything that changes the result (not the layout)."""
+    def run_key(self, commit_id: str, model: dict | None = None) -> str:
+        """Identifies a run: the data commit plus everything that changes the result (not the layout): this
+        config, and the project's features, label and model (`model`)."""
         relevant = self.model_dump(exclude={"devices", "nodes", "node_rank", "rdzv_endpoint", "work_root",
                                             "accelerator", "precision", "strategy"})
+        relevant["project"] = model or {}
         digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
         return f"{commit_id[:16]}-{digest}"
 
@@ -83,9 +85,8 @@ class CompressionConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    primary_metric: Literal["pr_auc", "roc_auc", "f1", "accuracy"] = Field(
-        "pr_auc", description="Gate metric; PR AUC by default, since accuracy means little on a rare label.")
-    tolerance: float = Field(0.01, ge=0, description="Largest allowed drop of the primary metric (0.01 = 1 point).")
+    tolerance: float = Field(0.01, ge=0, description="How much worse than the uncompressed model a candidate's "
+                                                     "primary metric (the project's) may be (0.01 = 1 point).")
     candidates: list[Literal["int8-dynamic", "int8-static-qdq", "pruned", "distilled"]] = Field(
         ["int8-dynamic", "int8-static-qdq", "pruned", "distilled"], description="Candidates besides FP32.")
     prune_keep_fraction: float = Field(0.5, gt=0, le=1, description="Share of hidden units pruning keeps.")
@@ -113,9 +114,8 @@ class DeployConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     alias: Literal["production", "staging"] = Field("production", description="The alias the server follows.")
-    primary_metric: Literal["pr_auc", "roc_auc", "f1", "accuracy"] = Field(
-        "pr_auc", description="Metric the challenger and the champion are compared on (same test split).")
-    tolerance: float = Field(0.01, ge=0, description="How much worse than the champion the challenger may be.")
+    tolerance: float = Field(0.01, ge=0, description="How much worse than the champion the challenger may be on "
+                                                     "the project's primary metric (same test split).")
     server_url: str = Field(default_factory=serving_url, description="The `lakeloop serve` that follows the alias "
                             "(default: LAKELOOP_SERVING_URL, else http://127.0.0.1:8080).")
     swap_timeout: float = Field(60, gt=0, description="Seconds the server may take to serve the new version.")
@@ -131,9 +131,9 @@ class DriftConfig(BaseModel):
 
     window_hours: float = Field(24, gt=0, description="Length of the traffic window that is compared.")
     min_rows: int = Field(100, ge=1, description="A window with fewer logged rows counts as no data.")
-    thresholds: DriftThresholds = Field(
-        default_factory=lambda: DriftThresholds(key_features=[SCORE_FEATURE]),
-        description="When features drift; the model's score is a key feature: when it moves, the window drifts.")
+    thresholds: DriftThresholds = Field(default_factory=DriftThresholds, description="When features drift.")
+    score_is_key: bool = Field(True, description="The model's answer (probability, predicted class or prediction) "
+                                                 "is a key feature: when it moves, the window drifts.")
     performance_drop: float = Field(
         0.05, ge=0, description="Labelled rows published since the model's data commit: the window drifts when the "
                                 "model's primary metric on them is this much below its test score.")

@@ -8,6 +8,7 @@ expected version, and smoke-tests that version through the public V2 endpoint.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,28 +18,75 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from lakeloop.compression.export import primary_output
 from lakeloop.errors import DeploymentError
-from lakeloop.modeling.features import labels, split_of
-from lakeloop.modeling.metrics import classification_metrics
+from lakeloop.modeling.features import boolean_values, category_strings, split_of
+from lakeloop.modeling.metrics import task_metrics
 
 
 def raw_inputs(session: ort.InferenceSession, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The rows of `frame` as the model's named inputs ([N, 1] each), read from the graph itself."""
+    """The rows of `frame` as the model's named inputs ([N, 1] each), read from the graph itself: strings as
+    canonical category strings ("" = missing), numbers and booleans as float32 (NaN = missing)."""
     feeds = {}
     for node in session.get_inputs():
         column = frame[node.name]
-        feeds[node.name] = (column.astype(str).to_numpy(dtype=object) if node.type == "tensor(string)"
-                            else column.to_numpy(dtype=np.float32)).reshape(-1, 1)
+        if node.type == "tensor(string)":
+            values = category_strings(column).to_numpy(dtype=object)
+        elif pd.api.types.is_bool_dtype(column) or not pd.api.types.is_numeric_dtype(column):
+            values = boolean_values(column, node.name).astype(np.float32)
+        else:
+            values = column.to_numpy(dtype=np.float32)
+        feeds[node.name] = values.reshape(-1, 1)
     return feeds
 
 
-def test_split(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[split_of(frame["transaction_id"]) == "test"].reset_index(drop=True)
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a lakeloop ONNX model says about itself (its `lakeloop.*` metadata)."""
+
+    task: str
+    label: str
+    classes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, session: ort.InferenceSession) -> ModelInfo:
+        meta = session.get_modelmeta().custom_metadata_map
+        return cls(meta.get("lakeloop.task", "binary"), meta.get("lakeloop.label", ""),
+                   tuple(json.loads(meta.get("lakeloop.classes", "[]"))))
+
+    def targets(self, frame: pd.DataFrame) -> np.ndarray:
+        """The label column as the primary output is scored against: class index, or the value."""
+        if self.task == "regression":
+            return frame[self.label].to_numpy(dtype=np.float64)
+        index = pd.Index(self.classes).get_indexer(category_strings(frame[self.label]).to_numpy())
+        return index.astype(np.int64)
+
+
+def _session(model: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
 
 
 def score(model: Path, frame: pd.DataFrame) -> np.ndarray:
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    return session.run(["probability"], raw_inputs(session, frame))[0].astype(np.float64)
+    """The model's primary output on `frame`: [N] probability or prediction, [N, C] class probabilities."""
+    session = _session(model)
+    task = ModelInfo.of(session).task
+    out = session.run([primary_output(task)], raw_inputs(session, frame))[0].astype(np.float64)
+    return out if task == "multiclass" else out.reshape(-1)
+
+
+def predicted_labels(model: Path, frame: pd.DataFrame) -> np.ndarray:
+    """Classification: the predicted class names; regression: the predictions."""
+    session = _session(model)
+    info = ModelInfo.of(session)
+    if info.task == "regression":
+        return score(model, frame)
+    index = session.run(["label"], raw_inputs(session, frame))[0].reshape(-1)
+    return np.asarray(info.classes, dtype=object)[index]
+
+
+def test_rows(frame: pd.DataFrame, id_column: str | None) -> pd.DataFrame:
+    """The test split of `frame` (the rows no model of the project ever trains on)."""
+    return frame[split_of(frame, id_column) == "test"].reset_index(drop=True)
 
 
 @dataclass
@@ -48,30 +96,39 @@ class GateDecision:
     champion: float | None
     tolerance: float
     rows: int
+    higher_is_better: bool = True
 
     @property
     def passed(self) -> bool:
-        return self.champion is None or self.challenger >= self.champion - self.tolerance
+        if self.champion is None:
+            return True
+        if self.higher_is_better:
+            return self.challenger >= self.champion - self.tolerance
+        return self.challenger <= self.champion + self.tolerance
 
     def explain(self) -> str:
         if self.champion is None:
             return f"no champion: challenger {self.metric} {self.challenger:.4f} on {self.rows} test rows"
-        if self.challenger > self.champion:
+        better = self.challenger > self.champion if self.higher_is_better else self.challenger < self.champion
+        if better:
             verdict = "better"
         elif self.passed:
             verdict = f"within the tolerance of {self.tolerance:.4f}"
         else:
             verdict = f"worse by more than the tolerance of {self.tolerance:.4f}"
-        return (f"challenger {self.metric} {self.challenger:.4f} vs champion {self.champion:.4f} on the same "
-                f"{self.rows} test rows: {verdict}")
+        direction = "higher" if self.higher_is_better else "lower"
+        return (f"challenger {self.metric} {self.challenger:.4f} vs champion {self.champion:.4f} ({direction} is "
+                f"better) on the same {self.rows} test rows: {verdict}")
 
 
-def gate(challenger: Path, champion: Path | None, test: pd.DataFrame, metric: str, tolerance: float) -> GateDecision:
+def gate(challenger: Path, champion: Path | None, test: pd.DataFrame, metric: str, tolerance: float,
+         higher_is_better: bool = True) -> GateDecision:
     """Challenger must not be worse than the champion by more than `tolerance` on the same rows."""
-    y = labels(test)
-    mine = classification_metrics(y, score(challenger, test))[metric]
-    theirs = classification_metrics(y, score(champion, test))[metric] if champion is not None else None
-    return GateDecision(metric, mine, theirs, tolerance, len(test))
+    info = ModelInfo.of(_session(challenger))
+    y = info.targets(test)
+    mine = task_metrics(info.task, y, score(challenger, test))[metric]
+    theirs = task_metrics(info.task, y, score(champion, test))[metric] if champion is not None else None
+    return GateDecision(metric, mine, theirs, tolerance, len(test), higher_is_better)
 
 
 class ServerClient:
@@ -123,21 +180,31 @@ class ServerClient:
             if seen < confirmations:
                 time.sleep(0.05 if version == expected else 0.25)
 
-    def infer(self, frame: pd.DataFrame, inputs: list[dict], logged: bool = True) -> tuple[str, np.ndarray]:
-        """Score `frame` through the V2 endpoint (JSON); returns (model_version, probabilities).
+    def infer(self, frame: pd.DataFrame, inputs: list[dict], logged: bool = True,
+              output: str = "probability") -> tuple[str, np.ndarray]:
+        """Score `frame` through the V2 endpoint (JSON); returns (model_version, the output as numpy).
 
-        `logged=False` keeps the rows out of the server's inference logs (smoke tests are not traffic).
+        Missing values go as JSON null. `logged=False` keeps the rows out of the server's inference logs
+        (smoke tests are not traffic).
         """
+        def data(column: pd.Series, datatype: str) -> list:
+            if datatype == "BYTES":
+                return category_strings(column).tolist()
+            values = (boolean_values(column, str(column.name)) if pd.api.types.is_bool_dtype(column)
+                      or not pd.api.types.is_numeric_dtype(column) else column.to_numpy(dtype=np.float64))
+            return [None if np.isnan(v) else float(v) for v in values]
+
         body = {"inputs": [{"name": i["name"], "datatype": i["datatype"], "shape": [len(frame), 1],
-                            "data": (frame[i["name"]].astype(str) if i["datatype"] == "BYTES"
-                                     else frame[i["name"]]).tolist()} for i in inputs],
-                "outputs": [{"name": "probability"}]}
+                            "data": data(frame[i["name"]], i["datatype"])} for i in inputs],
+                "outputs": [{"name": output}]}
         answer = self._call("POST", f"/v2/models/{self.model}/infer", json=body,
                             headers=None if logged else {"Lakeloop-Log": "skip"})
         if answer.status_code != 200:
             raise DeploymentError(f"smoke inference answered {answer.status_code}: {_error(answer)}")
         result = answer.json()
-        return result["model_version"], np.asarray(result["outputs"][0]["data"], dtype=np.float64)
+        out = result["outputs"][0]
+        values = np.asarray(out["data"], dtype=np.float64).reshape(out["shape"])
+        return result["model_version"], values[:, 0] if values.ndim == 2 and values.shape[1] == 1 else values
 
     def smoke(self, frame: pd.DataFrame, expected_version: str, expected: np.ndarray, atol: float = 1e-5) -> None:
         """The served answers must come from `expected_version` and match the local scores.
@@ -146,7 +213,8 @@ class ServerClient:
             DeploymentError: another version answered, or the outputs differ.
         """
         metadata = self._call("GET", f"/v2/models/{self.model}").json()
-        version, served = self.infer(frame, metadata["inputs"], logged=False)
+        output = metadata["outputs"][0]["name"]  # the primary output comes first
+        version, served = self.infer(frame, metadata["inputs"], logged=False, output=output)
         if version != expected_version:
             raise DeploymentError(f"smoke test: v{version} answered, expected v{expected_version}")
         if served.shape != expected.shape or not np.allclose(served, expected, atol=atol):

@@ -15,7 +15,8 @@ from lakeloop.data import ValidationReport, pseudonymise, read_batch, validate_b
 from lakeloop.data import _wap as wap
 from lakeloop.errors import ConfigError, DataValidationError, LakeFSUnreachableError
 from lakeloop.events import DATA_PUBLISHED, event_id, lakefs_key
-from lakeloop.schemas import SCHEMA_VERSION, PublishedTransactionsSchema, RawTransactionsSchema
+from lakeloop.project import Project, project_schemas
+from lakeloop.schemas import SCHEMA_VERSION
 from lakeloop.secrets import PII_PATH
 
 LAKEFS_RETRY_DELAYS = [1, 2, 4]
@@ -53,17 +54,18 @@ def load_batch(source: str) -> pd.DataFrame:
 
 
 @task(cache_policy=NO_CACHE)
-def validate_raw(frame: pd.DataFrame, source: str) -> ValidationReport:
-    """Validate a batch against the raw schema, collecting every failure."""
-    return validate_batch(frame, RawTransactionsSchema, source)
+def validate_raw(frame: pd.DataFrame, source: str, project: Project) -> ValidationReport:
+    """Validate a batch against the project's raw schema, collecting every failure."""
+    return validate_batch(frame, project_schemas(project).raw, source, sensitive=set(project.pii_columns),
+                          label=project.label.column)
 
 
 @task(cache_policy=NO_CACHE)
-def pseudonymise_batch(frame: pd.DataFrame, config: DataConfig) -> pd.DataFrame:
-    """Replace PII with keyed pseudonyms; the key is read from Vault inside this task."""
+def pseudonymise_batch(frame: pd.DataFrame, config: DataConfig, project: Project) -> pd.DataFrame:
+    """Apply the project's PII treatments; the pseudonymisation key is read from Vault inside this task."""
     vault = _connection(config).vault.client()
     key = vault.read_key(PII_PATH, "key")
-    return pseudonymise(frame, bytes.fromhex(key))
+    return pseudonymise(frame, bytes.fromhex(key), project.pii_columns)
 
 
 def _metadata(source: str, batch_id: str) -> dict[str, str]:
@@ -91,11 +93,12 @@ def stage_batch(config: DataConfig, batch_id: str, frame: pd.DataFrame, source: 
 
 
 @task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
-def audit_batch(config: DataConfig, staged: wap.StagedBatch) -> ValidationReport:
-    """Read the committed batch back from lakeFS and validate it against the published schema."""
+def audit_batch(config: DataConfig, staged: wap.StagedBatch, project: Project) -> ValidationReport:
+    """Read the committed batch back from lakeFS and validate it against the project's published schema."""
     client = _connection(config).client()
     frame = wap.read_parquet(client, staged.repository, staged.commit_id, staged.path)
-    report = validate_batch(frame, PublishedTransactionsSchema, f"{staged.branch}@{staged.commit_id[:12]}")
+    report = validate_batch(frame, project_schemas(project).published, f"{staged.branch}@{staged.commit_id[:12]}",
+                            sensitive=set(project.pii_columns), label=project.label.column)
     if report.passed and len(frame) != staged.rows:
         raise DataValidationError(f"audit: {staged.path} holds {len(frame)} rows, {staged.rows} were written")
     return report
@@ -127,8 +130,9 @@ def quarantine_batch(config: DataConfig, batch_id: str, frame: pd.DataFrame | No
 
 
 @task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
-def pull(config: DataConfig, ref: str | None = None) -> tuple[str, pd.DataFrame]:
-    """Read the dataset at any ref (branch, tag or commit): returns (commit id, validated frame).
+def pull(config: DataConfig, ref: str | None, project: Project) -> tuple[str, pd.DataFrame]:
+    """Read the dataset at any ref (branch, tag or commit): returns (commit id, frame validated against the
+    project's published schema).
 
     The ref is resolved to a commit id first and the data is read at that commit, so the frame and
     the id always match even if the branch moves meanwhile. Later stages pin this commit id.
@@ -136,7 +140,8 @@ def pull(config: DataConfig, ref: str | None = None) -> tuple[str, pd.DataFrame]
     client = _connection(config).client()
     commit_id = wap.resolve_commit(client, config.repository, ref or config.branch)
     frame = wap.read_dataset(client, config.repository, commit_id, config.prefix)
-    report = validate_batch(frame, PublishedTransactionsSchema, f"{config.repository}@{commit_id[:12]}")
+    report = validate_batch(frame, project_schemas(project).published, f"{config.repository}@{commit_id[:12]}",
+                            sensitive=set(project.pii_columns), label=project.label.column)
     if not report.passed:
         raise DataValidationError(report.summary(), commit_id=commit_id)
     return commit_id, frame

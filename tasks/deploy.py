@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from blocks import LakeFSConnection
 from lakeloop import deploy as d
 from lakeloop.config import DeployConfig, RegistryConfig
+from lakeloop.project import Project
 from lakeloop.registry import Registry
 from lakeloop.secrets import SERVING_PATH
 
@@ -74,12 +75,13 @@ def current_champion(registry: RegistryConfig, alias: str) -> int | None:
 
 @task(cache_policy=NO_CACHE)
 def gate_challenger(version: int, champion: int | None, frame: pd.DataFrame, registry: RegistryConfig,
-                    deploy: DeployConfig) -> GateResult:
-    """Score challenger and champion — the verified ONNX files — on the same test split."""
-    test = d.test_split(frame)
+                    deploy: DeployConfig, project: Project) -> GateResult:
+    """Score challenger and champion — the verified ONNX files — on the same test split, on the project's
+    primary metric in its direction."""
+    test = d.test_rows(frame, project.id)
     decision = d.gate(_model_file(registry, deploy, version),
                       _model_file(registry, deploy, champion) if champion is not None else None,
-                      test, deploy.primary_metric, deploy.tolerance)
+                      test, project.primary_metric, deploy.tolerance, project.higher_is_better)
     result = GateResult(challenger=version, champion=champion, metric=decision.metric,
                         challenger_score=decision.challenger, champion_score=decision.champion,
                         tolerance=decision.tolerance, rows=decision.rows, passed=decision.passed,
@@ -130,9 +132,10 @@ def _reload_previous(txn: Transaction) -> None:
 
 
 @task(cache_policy=NO_CACHE)
-def smoke_test(registry: RegistryConfig, deploy: DeployConfig, version: int, frame: pd.DataFrame) -> int:
+def smoke_test(registry: RegistryConfig, deploy: DeployConfig, version: int, frame: pd.DataFrame,
+               project: Project) -> int:
     """Test rows through the public V2 endpoint: the new version must answer, as the registry's file does."""
-    rows = d.test_split(frame).head(deploy.smoke_rows)
+    rows = d.test_rows(frame, project.id).head(deploy.smoke_rows)
     expected = d.score(_model_file(registry, deploy, version), rows)
     server = _server(registry, deploy)
     try:

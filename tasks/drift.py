@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -15,14 +17,15 @@ from pydantic import BaseModel
 
 from blocks import LakeFSConnection
 from lakeloop import deploy as d
-from lakeloop.config import SCORE_FEATURE, DataConfig, DriftConfig, RegistryConfig
+from lakeloop.config import DataConfig, DriftConfig, RegistryConfig
 from lakeloop.data import _wap as wap
 from lakeloop.drift import DriftReport, Reference
 from lakeloop.drift import _window as logs
 from lakeloop.drift._decide import decide
 from lakeloop.drift._plots import plot_features
-from lakeloop.modeling.features import FeatureSpec, labels, split_of
-from lakeloop.modeling.metrics import classification_metrics
+from lakeloop.modeling.features import FeatureSpec, boolean_values, category_strings, split_of
+from lakeloop.modeling.metrics import task_metrics
+from lakeloop.project import Project
 
 
 class Performance(BaseModel):
@@ -55,6 +58,21 @@ class DriftOutcome(BaseModel):
 
 
 
+def score_feature(task: str) -> str:
+    """The inference-log column of the model's answer that drift compares like a feature: the positive-class
+    probability, the prediction, or (multiclass) the predicted class."""
+    return {"binary": "output_probability", "multiclass": "output_label", "regression": "output_prediction"}[task]
+
+
+def model_columns(spec: FeatureSpec, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The model's inputs as the server receives and logs them: numbers and booleans as floats (NaN =
+    missing), categories as strings ("" = missing)."""
+    columns = {n.name: (boolean_values(frame[n.name], n.name) if n.boolean else frame[n.name].to_numpy(np.float64))
+               for n in spec.numbers}
+    columns.update({c.name: category_strings(frame[c.name]).to_numpy(dtype=object) for c in spec.categories})
+    return columns
+
+
 @task(cache_policy=NO_CACHE)
 def production_model(registry: RegistryConfig) -> tuple[int | None, dict]:
     """The version the production alias points at, and its verified manifest (or None, {})."""
@@ -70,7 +88,7 @@ def _version_folder(registry: RegistryConfig, drift: DriftConfig, version: int) 
 
 @task(cache_policy=NO_CACHE)
 def drift_reference(registry: RegistryConfig, data: DataConfig, drift: DriftConfig, version: int,
-                    manifest: dict) -> Reference:
+                    manifest: dict, project: Project) -> Reference:
     """The reference of `version`: built once from its training rows, cached on disk, loaded once per run."""
     folder = _version_folder(registry, drift, version)
     if (folder / "reference.json").exists():
@@ -83,11 +101,13 @@ def drift_reference(registry: RegistryConfig, data: DataConfig, drift: DriftConf
     lineage = manifest.get("lineage", {})
     frame = wap.read_dataset(connection.client(), lineage.get("data_repository", data.repository),
                              lineage["data_commit"], data.prefix)
-    train = frame[split_of(frame["transaction_id"]) == "train"]
+    train = frame[split_of(frame, spec.id_column) == "train"]
     if len(train) > drift.reference_rows:
         train = train.sample(drift.reference_rows, random_state=0)
-    columns = {name: train[name].to_numpy() for name in (*spec.numeric, *spec.categorical)}
-    columns[SCORE_FEATURE] = d.score(model_dir / "model.onnx", train)
+    columns = model_columns(spec, train)
+    model = model_dir / "model.onnx"
+    columns[score_feature(spec.label.task)] = (d.predicted_labels(model, train).astype(str)
+                                               if spec.label.task == "multiclass" else d.score(model, train))
     reference = Reference.build(columns, drift.thresholds.bins)
     reference.save(folder)
     get_run_logger().info("built the drift reference of v%d from %d training rows at %s", version, len(train),
@@ -107,7 +127,7 @@ def read_traffic(data: DataConfig, drift: DriftConfig, registry: RegistryConfig,
 
 @task(cache_policy=NO_CACHE)
 def labelled_performance(registry: RegistryConfig, data: DataConfig, drift: DriftConfig, version: int,
-                         manifest: dict) -> Performance | None:
+                         manifest: dict, project: Project) -> Performance | None:
     """Score the labelled rows published to the data branch since the model's data commit (None if none)."""
     client = LakeFSConnection.load(data.lakefs_block).client()
     lineage = manifest.get("lineage", {})
@@ -121,12 +141,13 @@ def labelled_performance(registry: RegistryConfig, data: DataConfig, drift: Drif
     if frame is None or frame.empty:
         return None
     compression = manifest.get("compression", {})
-    metric = compression.get("config", {}).get("primary_metric", "pr_auc")
+    metric = project.primary_metric
     chosen = next((row for row in compression.get("table", []) if row.get("name") == compression.get("chosen")), {})
     at_training = float(chosen.get("primary_metric", manifest.get("metrics", {}).get(metric, float("nan"))))
     model = _version_folder(registry, drift, version) / "model" / "model.onnx"  # fetched with the reference
-    current = float(classification_metrics(labels(frame), d.score(model, frame))[metric])
-    drop = at_training - current
+    info = d.ModelInfo.of(d.ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]))
+    current = float(task_metrics(info.task, info.targets(frame), d.score(model, frame))[metric])
+    drop = at_training - current if project.higher_is_better else current - at_training
     performance = Performance(rows=len(frame), since_commit=since, head_commit=head, metric=metric, current=current,
                               at_training=at_training, drop=drop, degraded=drop > drift.performance_drop)
     get_run_logger().info("v%d on %d labelled rows published since %s: %s %.4f (%.4f at training)", version,

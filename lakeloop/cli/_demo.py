@@ -238,7 +238,8 @@ def _compression_table(report) -> Table:
     for row in report.table:
         parity = "-" if row["parity_max_abs"] is None else f"{row['parity_max_abs']:.0e}"
         table.add_row("[bold green]✔[/]" if row["name"] == report.chosen else "", row["name"],
-                      f"{row['primary_metric']:.4f}", f"{row['drop']:+.4f}", f"{row['f1']:.3f}",
+                      f"{row['primary_metric']:.4f}", f"{row['drop']:+.4f}",
+                      f"{row['metrics'].get('f1', float('nan')):.3f}",
                       f"{row['size_bytes'] / 1024:.1f}", f"{row['latency_b1_ms']:.3f}",
                       f"{row['latency_b64_ms']:.3f}", parity,
                       "[green]passed[/]" if row["passed"] else f"[yellow]{row['reason']}[/]")

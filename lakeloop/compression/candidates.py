@@ -20,17 +20,19 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch.utils.data import DataLoader, TensorDataset
 
-from lakeloop.compression.export import onnx_inputs
+from lakeloop.compression.export import onnx_inputs, primary_output
 from lakeloop.modeling.features import FeatureSpec
-from lakeloop.modeling.metrics import classification_metrics
+from lakeloop.modeling.metrics import task_metrics
 from lakeloop.modeling.nets import TabularNet
-from lakeloop.modeling.system import ClassifierSystem
+from lakeloop.modeling.system import TabularSystem, task_loss
 
-PARITY_LIMIT = 1e-4  # max abs logit difference allowed between the FP32 export and torch
+# max difference allowed between an export and its torch net, on the primary output (see `parity`)
+PARITY_LIMIT = 1e-4
 LATENCY_TIE = 0.05
 
 
@@ -41,8 +43,7 @@ class Measurement:
     name: str
     path: str
     primary_metric: float
-    accuracy: float
-    f1: float
+    metrics: dict
     size_bytes: int
     latency_b1_ms: float
     latency_b64_ms: float
@@ -64,12 +65,13 @@ def session(path: Path, threads: int = 1) -> ort.InferenceSession:
 
 
 def latency_ms(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], repeat: int) -> float:
+    outputs = [o.name for o in sess.get_outputs()]  # everything a client gets back
     for _ in range(10):
-        sess.run(["logit"], feeds)
+        sess.run(outputs, feeds)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        sess.run(["logit"], feeds)
+        sess.run(outputs, feeds)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
 
@@ -78,25 +80,40 @@ def _slice(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     return {k: v[:n] for k, v in feeds.items()}
 
 
-def measure(name: str, path: Path, test: pd.DataFrame, spec: FeatureSpec, labels: np.ndarray,
-            torch_logits: np.ndarray | None, metric: str, repeat: int = 200) -> Measurement:
+def onnx_outputs(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], task: str) -> np.ndarray:
+    """The primary output as `FeatureSpec.outputs_of` gives it: [N] for one column, [N, C] for classes."""
+    out = sess.run([primary_output(task)], feeds)[0].astype(np.float64)
+    return out if task == "multiclass" else out[:, 0]
+
+
+def parity(outputs: np.ndarray, expected: np.ndarray, task: str) -> float:
+    """Largest difference: absolute for probabilities; for predictions, relative to their typical size (mean
+    absolute value plus spread), since float32 rounding grows with the label's units."""
+    diff = float(np.max(np.abs(outputs - expected))) if len(expected) else 0.0
+    if task != "regression":
+        return diff
+    return diff / max(float(np.mean(np.abs(expected)) + np.std(expected)), 1e-12)
+
+
+def measure(name: str, path: Path, test: pd.DataFrame, spec: FeatureSpec, targets: np.ndarray,
+            torch_outputs: np.ndarray | None, metric: str, repeat: int = 200) -> Measurement:
     sess = session(path)
     feeds = onnx_inputs(test, spec)
-    logits = sess.run(["logit"], feeds)[0]
-    scores = 1 / (1 + np.exp(-logits.astype(np.float64)))
-    metrics = classification_metrics(labels, scores)
-    parity = float(np.max(np.abs(logits - torch_logits))) if torch_logits is not None else None
-    return Measurement(name=name, path=str(path), primary_metric=metrics[metric], accuracy=metrics["accuracy"],
-                       f1=metrics["f1"], size_bytes=path.stat().st_size,
+    task = spec.label.task
+    outputs = onnx_outputs(sess, feeds, task)
+    metrics = task_metrics(task, targets, outputs)
+    return Measurement(name=name, path=str(path), primary_metric=metrics[metric],
+                       metrics={k: float(v) for k, v in metrics.items()}, size_bytes=path.stat().st_size,
                        latency_b1_ms=latency_ms(sess, _slice(feeds, 1), repeat),
                        latency_b64_ms=latency_ms(sess, _slice(feeds, 64), max(repeat // 4, 20)),
-                       parity_max_abs=parity)
+                       parity_max_abs=parity(outputs, torch_outputs, task) if torch_outputs is not None else None)
 
 
-def torch_logits(net: TabularNet, spec: FeatureSpec, frame: pd.DataFrame) -> np.ndarray:
+def torch_outputs(net: torch.nn.Module, spec: FeatureSpec, frame: pd.DataFrame) -> np.ndarray:
+    """The torch pipeline's primary output: Python preprocessing, the net, the task's output function."""
     numeric, categorical = spec.encode(frame)
     with torch.no_grad():
-        return net.eval()(torch.from_numpy(numeric), torch.from_numpy(categorical)).numpy()
+        return spec.outputs_of(net.eval()(torch.from_numpy(numeric), torch.from_numpy(categorical)).numpy())
 
 
 class _Calibration(CalibrationDataReader):
@@ -144,8 +161,8 @@ def prune_units(net: TabularNet, keep_fraction: float) -> TabularNet:
     and build physically smaller layers (sparsity that leaves the graph as big is not pruning)."""
     linears = _linears(net)
     hidden = tuple(max(1, round(layer.out_features * keep_fraction)) for layer in linears[:-1])
-    small = TabularNet(linears[0].in_features - sum(e.embedding_dim for e in net.embeddings),
-                       [e.num_embeddings for e in net.embeddings], net.embeddings[0].embedding_dim, hidden)
+    small = TabularNet(net.numeric_features, [e.num_embeddings for e in net.embeddings], net.embedding_dim, hidden,
+                       linears[-1].out_features)
     small.embeddings.load_state_dict(net.embeddings.state_dict())
     keep_prev = torch.arange(linears[0].in_features)
     for big, target in zip(linears, _linears(small), strict=True):
@@ -179,8 +196,8 @@ def _train_loader(arrays: dict[str, np.ndarray], extra: np.ndarray | None, batch
 
 
 def fine_tune(net: TabularNet, arrays: dict[str, np.ndarray], epochs: int, batch: int, seed: int,
-              learning_rate: float, pos_weight: float) -> TabularNet:
-    system = ClassifierSystem(net, learning_rate=learning_rate, pos_weight=pos_weight)
+              learning_rate: float, system_options: dict) -> TabularNet:
+    system = TabularSystem(net, learning_rate=learning_rate, **system_options)
     val = DataLoader(TensorDataset(torch.from_numpy(arrays["val_numeric"]), torch.from_numpy(arrays["val_categorical"]),
                                    torch.from_numpy(arrays["val_label"])), batch_size=batch)
     _trainer(epochs, seed).fit(system, _train_loader(arrays, None, batch, seed), val)
@@ -188,30 +205,42 @@ def fine_tune(net: TabularNet, arrays: dict[str, np.ndarray], epochs: int, batch
 
 
 class DistillationSystem(L.LightningModule):
-    """Trains a student on the teacher's soft targets (temperature-scaled) and the true labels.
+    """Trains a student on the teacher's outputs and the true labels.
+
+    Classification: the teacher's temperature-softened probabilities (soft targets); regression: the
+    teacher's predictions. `alpha` weighs that against the task's own loss on the labels.
 
     Args:
         student: the smaller net.
-        temperature: softening of the teacher's logits.
-        alpha: weight of the soft-target loss (1 - alpha on the hard labels).
+        task: binary, multiclass or regression.
+        temperature: softening of the teacher's logits (classification).
+        alpha: weight of the teacher's targets (1 - alpha on the labels).
         learning_rate: AdamW learning rate.
-        pos_weight: weight of the fraud class in the hard-label loss.
+        system_options: the task loss's options (pos_weight, class_weights, regression_loss).
     """
 
-    def __init__(self, student: TabularNet, temperature: float = 2.0, alpha: float = 0.7,
-                 learning_rate: float = 3e-3, pos_weight: float = 5.0) -> None:
+    def __init__(self, student: torch.nn.Module, task: str, temperature: float = 2.0, alpha: float = 0.7,
+                 learning_rate: float = 3e-3, system_options: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student"])
         self.student = student
-        self.hard = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
-        self.soft = torch.nn.BCEWithLogitsLoss()
+        options = {k: v for k, v in (system_options or {}).items() if k != "task"}
+        self.hard = task_loss(task, **options)
+
+    def _soft(self, output: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        t, task = self.hparams.temperature, self.hparams.task
+        if task == "binary":
+            return F.binary_cross_entropy_with_logits(output[:, 0] / t, torch.sigmoid(teacher[:, 0] / t)) * t * t
+        if task == "multiclass":
+            return F.kl_div(F.log_softmax(output / t, dim=1), F.softmax(teacher / t, dim=1),
+                            reduction="batchmean") * t * t
+        return F.mse_loss(output, teacher)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        numeric, categorical, y, teacher_logit = batch
-        t = self.hparams.temperature
-        logit = self.student(numeric, categorical)
-        soft = self.soft(logit / t, torch.sigmoid(teacher_logit / t)) * t * t
-        loss = self.hparams.alpha * soft + (1 - self.hparams.alpha) * self.hard(logit, y)
+        numeric, categorical, y, teacher = batch
+        output = self.student(numeric, categorical)
+        alpha = self.hparams.alpha
+        loss = alpha * self._soft(output, teacher) + (1 - alpha) * self.hard(output, y)
         self.log("train_loss", loss, on_epoch=True, on_step=False)
         return loss
 
@@ -220,26 +249,28 @@ class DistillationSystem(L.LightningModule):
 
 
 def distill(teacher: TabularNet, spec: FeatureSpec, arrays: dict[str, np.ndarray], hidden: tuple[int, ...],
-            epochs: int, batch: int, seed: int, pos_weight: float) -> TabularNet:
+            epochs: int, batch: int, seed: int, system_options: dict) -> TabularNet:
     with torch.no_grad():
         soft = teacher.eval()(torch.from_numpy(arrays["train_numeric"]),
                               torch.from_numpy(arrays["train_categorical"])).numpy()
-    student = TabularNet(len(spec.numeric), spec.cardinalities, teacher.embeddings[0].embedding_dim, hidden)
-    _trainer(epochs, seed).fit(DistillationSystem(student, pos_weight=pos_weight),
+    student = TabularNet(spec.numeric_width, spec.cardinalities, teacher.embedding_dim, hidden, spec.label.outputs)
+    _trainer(epochs, seed).fit(DistillationSystem(student, spec.label.task, system_options=system_options),
                                _train_loader(arrays, soft, batch, seed))
     return student.eval()
 
 
-def gate(measurements: list[Measurement], baseline: float, tolerance: float, fp32_name: str) -> Measurement:
+def gate(measurements: list[Measurement], baseline: float, tolerance: float, fp32_name: str,
+         higher_is_better: bool = True) -> Measurement:
     """Mark each candidate passed or not; return the fastest that passed (batch 1, then batch 64), else FP32.
 
-    A candidate passes when its primary metric is at most `tolerance` below the uncompressed torch
-    model's, its own export matches its torch net, and the FP32 export matches torch within 1e-4.
+    A candidate passes when its primary metric is at most `tolerance` worse than the uncompressed torch
+    model's (lower for a higher-is-better metric, higher for RMSE or log loss), its own export matches its
+    torch net, and the FP32 export matches torch within 1e-4.
     """
     fp32 = next(m for m in measurements if m.name == fp32_name)
     fp32_ok = fp32.parity_max_abs is not None and fp32.parity_max_abs <= PARITY_LIMIT
     for m in measurements:
-        m.drop = baseline - m.primary_metric
+        m.drop = baseline - m.primary_metric if higher_is_better else m.primary_metric - baseline
         reasons = []
         if not fp32_ok:
             reasons.append(f"FP32 export differs from torch by {fp32.parity_max_abs:.2e} > {PARITY_LIMIT:.0e}")

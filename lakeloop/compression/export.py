@@ -1,16 +1,23 @@
-"""ONNX export of a trained net as one graph over the raw feature columns.
+"""ONNX export of a trained net as one graph over the project's raw feature columns.
 
-Inputs are the model's raw columns, one per input: numbers as FLOAT [N, 1], categories as STRING
-[N, 1]. Inside the graph: log1p and standard scaling of the numbers (the scaling folded into the
-first layer), and an `ai.onnx.ml` `LabelEncoder` mapping each category to its embedding index
-(unseen values to the reserved 0; the embeddings folded into the first layer as well).
-Outputs: `logit` [N] and `probability` [N]. A served model therefore needs no training code, and
-training/serving skew cannot creep in.
+Inputs, one per feature: numbers and booleans as FLOAT [N, 1] (NaN = missing), categories as STRING
+[N, 1] (empty string = missing). Inside the graph, exactly as `FeatureSpec.encode`: missing numbers
+are imputed and flagged, clip and log1p applied, then standard scaling; categories go through an
+`ai.onnx.ml` `LabelEncoder` (unseen → 0, missing → 1). For the built-in net the scaling and the
+embeddings are folded into its first layer. Outputs, fixed per task:
+
+- binary: `probability` FLOAT [N, 1] (of the positive class) and `label` INT64 [N, 1] (1 = positive);
+- multiclass: `probabilities` FLOAT [N, C] in the declared class order and `label` INT64 [N, 1];
+- regression: `prediction` FLOAT [N, 1] in the label's own units (standardisation and log1p undone).
+
+The class names, the task and the outputs are in the model's metadata (`lakeloop.*` properties).
+A served model therefore needs no training code, and training/serving skew cannot creep in.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +26,36 @@ import pandas as pd
 import torch
 from onnx import TensorProto, compose, helper
 
-from lakeloop.modeling.features import UNKNOWN, FeatureSpec
+from lakeloop.modeling.features import MISSING, UNKNOWN, FeatureSpec, boolean_values, category_strings
 from lakeloop.modeling.nets import TabularNet
 
 OPSET = 17
 ML_OPSET = 2
 IR_VERSION = 8
+OUTPUTS = {"binary": ("probability", "label"), "multiclass": ("probabilities", "label"),
+           "regression": ("prediction",)}
 
 
-def export_onnx(net: TabularNet, spec: FeatureSpec, path: Path) -> Path:
+def primary_output(task: str) -> str:
+    """The output metrics and drift read: the positive-class probability, class probabilities, the prediction."""
+    return OUTPUTS[task][0]
+
+
+def export_onnx(net: torch.nn.Module, spec: FeatureSpec, path: Path, metadata: dict[str, str] | None = None) -> Path:
     """Write the raw-feature ONNX model of `net` to `path`."""
-    core = _export_net(net, spec)
-    pre = _preprocessing_graph(spec)
-    io_map = [("numeric", "numeric")] + [(f"{c}_index", f"{c}_index") for c in spec.categorical]
-    merged = compose.merge_models(pre, core, io_map=io_map)
-    graph = merged.graph
-    graph.node.append(helper.make_node("Sigmoid", ["logit"], ["probability"], name="probability"))
-    graph.output.append(helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N"]))
+    folded = isinstance(net, TabularNet)
+    core = _export_net(net, spec, folded)
+    wired = {i.name for i in core.graph.input}  # the exporter drops an input the net never reads
+    pre = _preprocessing_graph(spec, folded, "categorical" in wired)
+    names = ["numeric"] + ([f"{c.name}_index" for c in spec.categories] if folded else ["categorical"])
+    merged = compose.merge_models(pre, core, io_map=[(n, n) for n in names if n in wired])
+    _postprocess(merged.graph, spec)
     _dedupe_opsets(merged)
     merged.producer_name = "lakeloop"
+    properties = {"lakeloop.task": spec.label.task, "lakeloop.outputs": json.dumps(list(OUTPUTS[spec.label.task])),
+                  "lakeloop.label": spec.label.column, "lakeloop.classes": json.dumps(list(spec.label.classes)),
+                  **(metadata or {})}
+    onnx.helper.set_model_props(merged, properties)
     onnx.checker.check_model(merged, full_check=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(merged, path)
@@ -45,7 +63,7 @@ def export_onnx(net: TabularNet, spec: FeatureSpec, path: Path) -> Path:
 
 
 class _FoldedNet(torch.nn.Module):
-    """The trained net rewritten for inference, exactly (up to float rounding):
+    """The built-in net rewritten for inference, exactly (up to float rounding):
 
     - standard scaling is folded into the first layer's numeric weights: W·((x - m) / s) + b =
       (W / s)·x + (b - W·(m / s));
@@ -57,13 +75,12 @@ class _FoldedNet(torch.nn.Module):
     def __init__(self, net: TabularNet, spec: FeatureSpec) -> None:
         super().__init__()
         linears = [m for m in net.mlp if isinstance(m, torch.nn.Linear)]
-        first, n = linears[0], len(spec.numeric)
-        mean, std = torch.tensor(spec.mean, dtype=torch.float64), torch.tensor(spec.std, dtype=torch.float64)
+        first, n = linears[0], spec.numeric_width
+        mean, std = (torch.tensor(v, dtype=torch.float64) for v in _scaling(spec))
         w = first.weight.detach().double()
-        w_numeric = w[:, :n] / std
         self.numeric = torch.nn.Linear(n, first.out_features)
         with torch.no_grad():
-            self.numeric.weight.copy_(w_numeric.float())
+            self.numeric.weight.copy_((w[:, :n] / std).float())
             self.numeric.bias.copy_((first.bias.detach().double() - w[:, :n] @ (mean / std)).float())
         tables, offset = [], n
         for embedding in net.embeddings:
@@ -78,49 +95,143 @@ class _FoldedNet(torch.nn.Module):
         hidden = self.numeric(numeric)
         for table, code in zip(self.tables, codes, strict=True):
             hidden = hidden + table[code]
-        return self.rest(hidden).squeeze(1)
+        return self.rest(hidden)
 
 
-def _export_net(net: TabularNet, spec: FeatureSpec) -> onnx.ModelProto:
-    folded = _FoldedNet(net.eval(), spec).eval()
-    numeric = torch.zeros(2, len(spec.numeric))
-    codes = tuple(torch.zeros(2, dtype=torch.int64) for _ in spec.categorical)
-    names = [f"{c}_index" for c in spec.categorical]
+def _scaling(spec: FeatureSpec) -> tuple[list[float], list[float]]:
+    """Mean and std of each numeric column (indicators: 0 and 1, i.e. left as they are)."""
+    mean, std = [], []
+    for n in spec.numbers:
+        mean.append(n.mean)
+        std.append(n.std)
+        if n.indicator:
+            mean.append(0.0)
+            std.append(1.0)
+    return mean, std
+
+
+def _export_net(net: torch.nn.Module, spec: FeatureSpec, folded: bool) -> onnx.ModelProto:
+    numeric = torch.zeros(2, spec.numeric_width)
+    if folded:
+        module: torch.nn.Module = _FoldedNet(net.eval(), spec).eval()
+        args = (numeric, *(torch.zeros(2, dtype=torch.int64) for _ in spec.categories))
+        names = ["numeric", *(f"{c.name}_index" for c in spec.categories)]
+    else:
+        module = net.eval()
+        args = (numeric, torch.zeros(2, len(spec.categories), dtype=torch.int64))
+        names = ["numeric", "categorical"]
     buffer = io.BytesIO()
-    torch.onnx.export(folded, (numeric, *codes), buffer, input_names=["numeric", *names], output_names=["logit"],
-                      dynamic_axes={"numeric": {0: "N"}, "logit": {0: "N"}, **{k: {0: "N"} for k in names}},
-                      opset_version=OPSET, dynamo=False)
+    torch.onnx.export(module, args, buffer, input_names=names, output_names=["raw"],
+                      dynamic_axes={**{k: {0: "N"} for k in names}, "raw": {0: "N"}}, opset_version=OPSET,
+                      dynamo=False)
     model = onnx.load_from_string(buffer.getvalue())
     model.ir_version = IR_VERSION
     return model
 
 
-def _preprocessing_graph(spec: FeatureSpec) -> onnx.ModelProto:
-    nodes, inits, inputs = [], [], []
-    numeric_parts = []
-    inits.append(helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]))
-    for column in spec.numeric:
-        inputs.append(helper.make_tensor_value_info(column, TensorProto.FLOAT, ["N", 1]))
-        if column in spec.log1p:
-            nodes += [helper.make_node("Add", [column, "one"], [f"{column}_p1"]),
-                      helper.make_node("Log", [f"{column}_p1"], [f"{column}_log"])]
-            numeric_parts.append(f"{column}_log")
-        else:
-            numeric_parts.append(column)
-    nodes.append(helper.make_node("Concat", numeric_parts, ["numeric"], axis=1))  # scaling: in the net
-    inits.append(helper.make_tensor("flat", TensorProto.INT64, [1], [-1]))
-    outputs = [helper.make_tensor_value_info("numeric", TensorProto.FLOAT, ["N", len(spec.numeric)])]
-    for column, vocabulary in zip(spec.categorical, spec.vocabularies, strict=True):
-        inputs.append(helper.make_tensor_value_info(column, TensorProto.STRING, ["N", 1]))
-        nodes += [helper.make_node("LabelEncoder", [column], [f"{column}_code"], domain="ai.onnx.ml",
-                                   keys_strings=list(vocabulary), values_int64s=list(range(1, len(vocabulary) + 1)),
-                                   default_int64=UNKNOWN),
-                  helper.make_node("Reshape", [f"{column}_code", "flat"], [f"{column}_index"])]
-        outputs.append(helper.make_tensor_value_info(f"{column}_index", TensorProto.INT64, ["N"]))
-    graph = helper.make_graph(nodes, "preprocess", inputs, outputs, inits)
+def _preprocessing_graph(spec: FeatureSpec, folded: bool, empty_categorical: bool = False) -> onnx.ModelProto:
+    nodes, inits, inputs, parts = [], [], [], []
+    inits += [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+              helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+              helper.make_tensor("flat", TensorProto.INT64, [1], [-1])]
+    for n in spec.numbers:
+        x = n.name
+        inputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 1]))
+        nodes += [helper.make_node("IsNaN", [x], [f"{x}__nan"]),
+                  helper.make_node("Where", [f"{x}__nan", "zero", x], [f"{x}__v0"])]  # no NaN past this point
+        value = f"{x}__v0"
+        if n.clip is not None:
+            inits += [helper.make_tensor(f"{x}__lo", TensorProto.FLOAT, [], [n.clip[0]]),
+                      helper.make_tensor(f"{x}__hi", TensorProto.FLOAT, [], [n.clip[1]])]
+            nodes.append(helper.make_node("Clip", [value, f"{x}__lo", f"{x}__hi"], [f"{x}__clip"]))
+            value = f"{x}__clip"
+        if n.log1p:
+            nodes += [helper.make_node("Max", [value, "zero"], [f"{x}__pos"]),
+                      helper.make_node("Add", [f"{x}__pos", "one"], [f"{x}__p1"]),
+                      helper.make_node("Log", [f"{x}__p1"], [f"{x}__log"])]
+            value = f"{x}__log"
+        inits.append(helper.make_tensor(f"{x}__fill", TensorProto.FLOAT, [], [n.fill]))
+        nodes.append(helper.make_node("Where", [f"{x}__nan", f"{x}__fill", value], [f"{x}__filled"]))
+        parts.append(f"{x}__filled")
+        if n.indicator:
+            nodes.append(helper.make_node("Cast", [f"{x}__nan"], [f"{x}__missing"], to=TensorProto.FLOAT))
+            parts.append(f"{x}__missing")
+    width = spec.numeric_width
+    if parts:
+        target = "numeric" if folded else "numeric__raw"
+        nodes.append(helper.make_node("Concat", parts, [target], axis=1))
+        if not folded:  # a plug-in takes scaled inputs; the built-in net has the scaling folded in
+            mean, std = _scaling(spec)
+            inits += [helper.make_tensor("numeric__mean", TensorProto.FLOAT, [width], mean),
+                      helper.make_tensor("numeric__std", TensorProto.FLOAT, [width], std)]
+            nodes += [helper.make_node("Sub", ["numeric__raw", "numeric__mean"], ["numeric__centred"]),
+                      helper.make_node("Div", ["numeric__centred", "numeric__std"], ["numeric"])]
+    else:  # no numbers: an empty [N, 0] matrix shaped after the first category input
+        first = spec.categories[0].name
+        inits.append(helper.make_tensor("empty_shape_tail", TensorProto.INT64, [1], [0]))
+        nodes += [helper.make_node("Shape", [first], [f"{first}__shape"], end=1),
+                  helper.make_node("Concat", [f"{first}__shape", "empty_shape_tail"], ["numeric__shape"], axis=0),
+                  helper.make_node("ConstantOfShape", ["numeric__shape"], ["numeric"],
+                                   value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]))]
+    outputs = [helper.make_tensor_value_info("numeric", TensorProto.FLOAT, ["N", width])]
+    indices = []
+    for c in spec.categories:
+        inputs.append(helper.make_tensor_value_info(c.name, TensorProto.STRING, ["N", 1]))
+        keys = [*c.vocabulary, ""]
+        values = [*range(2, len(c.vocabulary) + 2), MISSING]
+        nodes += [helper.make_node("LabelEncoder", [c.name], [f"{c.name}__code"], domain="ai.onnx.ml",
+                                   keys_strings=keys, values_int64s=values, default_int64=UNKNOWN),
+                  helper.make_node("Reshape", [f"{c.name}__code", "flat"], [f"{c.name}_index"])]
+        indices.append(f"{c.name}_index")
+    if folded:
+        outputs += [helper.make_tensor_value_info(i, TensorProto.INT64, ["N"]) for i in indices]
+    elif not spec.categories and empty_categorical:  # a plug-in that reads its (empty) category matrix
+        inits.append(helper.make_tensor("no_columns", TensorProto.INT64, [1], [0]))
+        nodes += [helper.make_node("Shape", ["numeric"], ["categorical__rows"], end=1),
+                  helper.make_node("Concat", ["categorical__rows", "no_columns"], ["categorical__shape"], axis=0),
+                  helper.make_node("ConstantOfShape", ["categorical__shape"], ["categorical"],
+                                   value=helper.make_tensor("v", TensorProto.INT64, [1], [0]))]
+        outputs.append(helper.make_tensor_value_info("categorical", TensorProto.INT64, ["N", 0]))
+    elif spec.categories:
+        inits.append(helper.make_tensor("column_axis", TensorProto.INT64, [1], [1]))
+        nodes += [helper.make_node("Unsqueeze", [i, "column_axis"], [f"{i}__col"]) for i in indices]
+        nodes.append(helper.make_node("Concat", [f"{i}__col" for i in indices], ["categorical"], axis=1))
+        outputs.append(helper.make_tensor_value_info("categorical", TensorProto.INT64, ["N", len(indices)]))
+    used = {name for node in nodes for name in node.input}
+    graph = helper.make_graph(nodes, "preprocess", inputs, outputs, [t for t in inits if t.name in used])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                    helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
                              ir_version=IR_VERSION)
+
+
+def _postprocess(graph: onnx.GraphProto, spec: FeatureSpec) -> None:
+    """Replace the net's `raw` output with the task's outputs."""
+    del graph.output[:]
+    label = spec.label
+    add, out = graph.node.append, graph.output.append
+    if label.task == "binary":
+        graph.initializer.append(helper.make_tensor("post__half", TensorProto.FLOAT, [], [0.5]))
+        add(helper.make_node("Sigmoid", ["raw"], ["probability"], name="probability"))
+        add(helper.make_node("GreaterOrEqual", ["probability", "post__half"], ["post__positive"]))
+        add(helper.make_node("Cast", ["post__positive"], ["label"], to=TensorProto.INT64, name="label"))
+        out(helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N", 1]))
+        out(helper.make_tensor_value_info("label", TensorProto.INT64, ["N", 1]))
+    elif label.task == "multiclass":
+        add(helper.make_node("Softmax", ["raw"], ["probabilities"], axis=1, name="probabilities"))
+        add(helper.make_node("ArgMax", ["raw"], ["label"], axis=1, keepdims=1, name="label"))
+        out(helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", len(label.classes)]))
+        out(helper.make_tensor_value_info("label", TensorProto.INT64, ["N", 1]))
+    else:
+        graph.initializer.extend([helper.make_tensor("post__std", TensorProto.FLOAT, [], [label.std]),
+                                  helper.make_tensor("post__mean", TensorProto.FLOAT, [], [label.mean])])
+        add(helper.make_node("Mul", ["raw", "post__std"], ["post__scaled"]))
+        final = "prediction" if label.transform == "none" else "post__log"
+        add(helper.make_node("Add", ["post__scaled", "post__mean"], [final]))
+        if label.transform == "log1p":
+            graph.initializer.append(helper.make_tensor("post__one", TensorProto.FLOAT, [], [1.0]))
+            add(helper.make_node("Exp", ["post__log"], ["post__exp"]))
+            add(helper.make_node("Sub", ["post__exp", "post__one"], ["prediction"], name="prediction"))
+        out(helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 1]))
 
 
 def _dedupe_opsets(model: onnx.ModelProto) -> None:
@@ -133,7 +244,12 @@ def _dedupe_opsets(model: onnx.ModelProto) -> None:
 
 
 def onnx_inputs(frame: pd.DataFrame, spec: FeatureSpec) -> dict[str, np.ndarray]:
-    """Raw rows as the exported model's named inputs."""
-    feeds = {c: frame[c].to_numpy(dtype=np.float32).reshape(-1, 1) for c in spec.numeric}
-    feeds.update({c: frame[c].astype(str).to_numpy(dtype=object).reshape(-1, 1) for c in spec.categorical})
+    """Raw rows as the exported model's named inputs (NaN and "" for missing values)."""
+    feeds = {}
+    for n in spec.numbers:
+        column = frame[n.name]
+        values = boolean_values(column, n.name) if n.boolean else column.astype("float64").to_numpy()
+        feeds[n.name] = values.astype(np.float32).reshape(-1, 1)
+    for c in spec.categories:
+        feeds[c.name] = category_strings(frame[c.name]).to_numpy(dtype=object).reshape(-1, 1)
     return feeds

@@ -190,15 +190,21 @@ def pseudonym(value: str, key: bytes) -> str:
     return "pii_" + hashlib.blake2b(value.encode(), key=key[:64], digest_size=16).hexdigest()
 
 
-def pseudonymise(frame: pd.DataFrame, key: bytes) -> pd.DataFrame:
-    """Replace PII columns with keyed pseudonyms (keyed BLAKE2b) and redact PII found in free text.
+_FRAUD_PII = {**dict.fromkeys(PII_COLUMNS, "pseudonymise"), **dict.fromkeys(FREE_TEXT_COLUMNS, "redact")}
 
-    The same value under the same key always gives the same pseudonym, so joins and per-customer
-    features still work; without the key (in Vault) the raw value cannot be recovered.
+
+def pseudonymise(frame: pd.DataFrame, key: bytes, pii: dict[str, str] | None = None) -> pd.DataFrame:
+    """Apply each PII column's treatment: keyed pseudonyms (keyed BLAKE2b), dropped, or PII in free text redacted.
+
+    `pii` maps column → pseudonymise | drop | redact (a project's `pii`). The same value under the same key
+    always gives the same pseudonym, so joins and per-customer features still work; without the key (in
+    Vault) the raw value cannot be recovered. Missing values stay missing.
     """
-    out = frame.copy()  # copy-on-write: only the replaced columns take new memory
-    for column in PII_COLUMNS:
+    pii = _FRAUD_PII if pii is None else pii
+    out = frame.drop(columns=[c for c, t in pii.items() if t == "drop" and c in frame])
+    for column in (c for c, t in pii.items() if t == "pseudonymise"):
         if column in out:
+            missing = out[column].isna()
             # hash each distinct value once; build the column as an Arrow string array (no Python objects)
             values = pyarrow.array(out[column].astype("str").array)
             if isinstance(values, pyarrow.ChunkedArray):
@@ -207,7 +213,9 @@ def pseudonymise(frame: pd.DataFrame, key: bytes) -> pd.DataFrame:
             hashed = pyarrow.array([pseudonym(v, key) for v in encoded.dictionary.to_pylist()], pyarrow.string())
             out[column] = pd.Series(pd.arrays.ArrowStringArray(hashed.take(encoded.indices)),
                                     index=out.index, dtype="str")
-    for column in FREE_TEXT_COLUMNS:
+            if missing.any():
+                out.loc[missing, column] = None
+    for column in (c for c, t in pii.items() if t == "redact"):
         if column in out:
             text = out[column]
             out[column] = text.str.replace(EMAIL_RE, "<redacted>", regex=True).str.replace(

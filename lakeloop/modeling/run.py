@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,36 +15,47 @@ import pandas as pd
 from lakeloop.config import TrainingConfig
 from lakeloop.devstack import _proc
 from lakeloop.errors import TrainingError
-from lakeloop.modeling.features import FeatureSpec, labels, split_of
+from lakeloop.modeling.features import FeatureSpec, split_of
+from lakeloop.modeling.nets import build_net
+from lakeloop.project import Project
 
 
-def prepare_run(frame: pd.DataFrame, commit_id: str, config: TrainingConfig, lineage: dict) -> Path:
-    """Write the run folder: encoded splits, the fitted feature spec, the config, the lineage.
+def prepare_run(project: Project, frame: pd.DataFrame, commit_id: str, config: TrainingConfig, lineage: dict,
+                nullable: frozenset[str] = frozenset()) -> Path:
+    """Write the run folder: encoded splits, the fitted feature spec, the project, the config, the lineage.
 
-    The folder is named by the data commit and the config (not the hardware layout), so a re-run
-    of the same training finds its checkpoints and resumes.
+    The folder is named by the data commit, the config (not the hardware layout) and what of the project
+    changes a model, so a re-run of the same training finds its checkpoints and resumes.
     """
-    workdir = Path(config.work_root) / config.run_key(commit_id)
+    workdir = Path(config.work_root) / config.run_key(commit_id, project.fingerprint())
     workdir.mkdir(parents=True, exist_ok=True)
     if (workdir / "arrays.npz").exists():
         (workdir / "config.json").write_text(config.model_dump_json(indent=2))  # the layout may change
         return workdir
-    split = split_of(frame["transaction_id"])
+    split = split_of(frame, project.id)
     train = frame[split == "train"]
-    if train.empty or not (split == "test").any():
+    if train.empty or not (split == "test").any() or not (split == "val").any():
         raise TrainingError(f"data commit {commit_id[:12]} has {len(frame)} rows: too few to split into "
                             "train/val/test; ingest more data first", commit_id=commit_id)
-    spec = FeatureSpec.fit(train)
+    spec = FeatureSpec.fit(project, train, nullable)
+    build_net(spec, project.model, project)  # a broken plug-in fails here, before any process starts
     arrays: dict[str, np.ndarray] = {}
     for name in ("train", "val", "test"):
         part = frame[split == name]
         arrays[f"{name}_numeric"], arrays[f"{name}_categorical"] = spec.encode(part)
-        arrays[f"{name}_label"] = labels(part)
+        arrays[f"{name}_label"] = spec.labels(part)
+        arrays[f"{name}_target"] = spec.targets(part)
+    if project.task == "multiclass" and config.class_weights == "balanced":
+        counts = np.bincount(arrays["train_label"], minlength=len(spec.label.classes)).astype(np.float64)
+        weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
+        spec = replace(spec, extra={**spec.extra, "class_weights": weights.tolist()})
     tmp = workdir / "arrays.tmp.npz"
     np.savez(tmp, **arrays)
     (workdir / "features.json").write_text(spec.to_json())
+    (workdir / "project.json").write_text(project.to_json())
     (workdir / "config.json").write_text(config.model_dump_json(indent=2))
-    (workdir / "lineage.json").write_text(json.dumps({**lineage, "data_commit": commit_id,
+    (workdir / "lineage.json").write_text(json.dumps({**lineage, "data_commit": commit_id, "project": project.name,
+                                                      "task": project.task,
                                                       "rows": {k: int(np.sum(split == k)) for k in
                                                                ("train", "val", "test")}}, indent=2))
     os.replace(tmp, workdir / "arrays.npz")  # last: its presence marks a complete folder

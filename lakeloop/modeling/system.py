@@ -1,4 +1,4 @@
-"""Lightning pieces: the training system around the net, and the data module."""
+"""Lightning pieces: the training system around the net (loss per task), and the data module."""
 
 from __future__ import annotations
 
@@ -9,25 +9,49 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from lakeloop.modeling.nets import TabularNet
+
+def task_loss(task: str, pos_weight: float = 1.0, class_weights: list[float] | None = None,
+              regression_loss: str = "mse") -> torch.nn.Module:
+    """Weighted BCE on one logit (binary), cross-entropy (multiclass), MSE or Huber on the standardised target."""
+    if task == "binary":
+        return _OneColumn(torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight)))
+    if task == "multiclass":
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        return torch.nn.CrossEntropyLoss(weight=weight)
+    return _OneColumn(torch.nn.HuberLoss() if regression_loss == "huber" else torch.nn.MSELoss())
 
 
-class ClassifierSystem(L.LightningModule):
-    """Binary classifier training: weighted BCE on logits, AdamW.
+class _OneColumn(torch.nn.Module):
+    """A loss on the net's single output column ([N, 1] → [N])."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.inner(output[:, 0], target)
+
+
+class TabularSystem(L.LightningModule):
+    """Training of any net that follows the contract (see `lakeloop.modeling.nets`): the task's loss, AdamW.
 
     Args:
         net: the model (kept separate from the system).
+        task: binary, multiclass or regression.
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        pos_weight: weight of the positive class in the loss (fraud is rare).
+        pos_weight: binary: weight of the positive class in the loss.
+        class_weights: multiclass: one weight per class (None: equal).
+        regression_loss: mse or huber.
     """
 
-    def __init__(self, net: TabularNet, learning_rate: float = 3e-3, weight_decay: float = 1e-4,
-                 pos_weight: float = 5.0) -> None:
+    def __init__(self, net: torch.nn.Module, task: str = "binary", learning_rate: float = 3e-3,
+                 weight_decay: float = 1e-4, pos_weight: float = 1.0, class_weights: list[float] | None = None,
+                 regression_loss: str = "mse") -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        self.loss = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+        self.loss = task_loss(task, pos_weight, class_weights, regression_loss)
         self._loss_sum, self._steps = torch.zeros(()), 0
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:

@@ -23,9 +23,10 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from lakeloop.config import TrainingConfig
 from lakeloop.modeling.features import FeatureSpec
-from lakeloop.modeling.metrics import classification_metrics
-from lakeloop.modeling.nets import TabularNet
-from lakeloop.modeling.system import ClassifierSystem, LakeFSDataModule
+from lakeloop.modeling.metrics import task_metrics
+from lakeloop.modeling.nets import build_net
+from lakeloop.modeling.system import LakeFSDataModule, TabularSystem
+from lakeloop.project import Project
 
 
 class History(Callback):
@@ -94,10 +95,6 @@ def _resume_point(checkpoints: Path) -> Path | None:
     return None
 
 
-def build_net(spec: FeatureSpec, config: TrainingConfig) -> TabularNet:
-    return TabularNet(len(spec.numeric), spec.cardinalities, config.embedding_dim, tuple(config.hidden))
-
-
 def _precision(config: TrainingConfig, on_gpu: bool) -> str:
     if config.precision != "auto":
         return config.precision
@@ -107,13 +104,15 @@ def _precision(config: TrainingConfig, on_gpu: bool) -> str:
 def train(workdir: Path) -> dict:
     config = TrainingConfig.model_validate_json((workdir / "config.json").read_text())
     spec = FeatureSpec.from_json((workdir / "features.json").read_text())
+    project = Project.from_json((workdir / "project.json").read_text())
     L.seed_everything(config.seed, workers=True, verbose=False)
     on_gpu = config.accelerator == "gpu" or (config.accelerator == "auto" and torch.cuda.is_available())
     world = config.devices * config.nodes
     ddp = world > 1 or config.strategy == "ddp"
     strategy = DDPStrategy(process_group_backend="nccl" if on_gpu else "gloo") if ddp else "auto"
-    net = build_net(spec, config)
-    system = ClassifierSystem(net, config.learning_rate, config.weight_decay, config.pos_weight)
+    net = build_net(spec, project.model, project)
+    system = TabularSystem(net, project.task, config.learning_rate, config.weight_decay, config.pos_weight,
+                           spec.extra.get("class_weights"), config.regression_loss)
     data = LakeFSDataModule(str(workdir), config.global_batch_size, config.seed)
     checkpoints = workdir / "checkpoints"
     history = History()
@@ -137,10 +136,10 @@ def train(workdir: Path) -> dict:
     net.eval()
     arrays = np.load(workdir / "arrays.npz")
     with torch.no_grad():
-        logits = net(torch.from_numpy(arrays["test_numeric"]).to(system.device),
-                     torch.from_numpy(arrays["test_categorical"]).to(system.device)).float().cpu().numpy()
-    scores = 1 / (1 + np.exp(-logits))
-    result = {"test_metrics": classification_metrics(arrays["test_label"], scores), "history": history.epochs,
+        raw = net(torch.from_numpy(arrays["test_numeric"]).to(system.device),
+                  torch.from_numpy(arrays["test_categorical"]).to(system.device)).float().cpu().numpy()
+    metrics = task_metrics(project.task, arrays["test_target"], spec.outputs_of(raw))
+    result = {"test_metrics": metrics, "task": project.task, "history": history.epochs,
               "resumed": resumed, "world_size": world, "precision": _precision(config, on_gpu),
               "accelerator": "gpu" if on_gpu else "cpu", "epochs": config.epochs,
               "backend": ("nccl" if on_gpu else "gloo") if ddp else "none"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lakeloop.project._load import PROJECT_FILE, load_project, project_file
+from lakeloop.project._load import PROJECT_FILE, load_project, project_file, resolve_project
 from lakeloop.project._model import (
     DEFAULT_METRIC,
     METRICS,
@@ -26,7 +26,7 @@ _LAZY = {"ProjectSchemas": "_schema", "project_schemas": "_schema", "load_schema
 
 __all__ = ["DEFAULT_METRIC", "METRICS", "PII", "PROJECT_FILE", "PSEUDONYM_RE", "Feature", "Label", "Metrics",
            "ModelSpec", "Project", "ProjectSchemas", "data_problems", "import_object", "load_project", "load_schema",
-           "project_file", "project_schemas"]
+           "project_file", "project_schemas", "resolve_project"]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,26 @@ def project_file(where: str | Path) -> Path:
         hint = "create one with `lakeloop init DIR --from-data FILE --label COLUMN`"
         raise ProjectError(f"{path}: no such project file; {hint}", file=str(path), problems=[])
     return path
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def resolve_project(ref: str | Path | Project) -> Project:
+    """A project from a folder or file path, or by name: a folder `NAME` under any of the folders in
+    LAKELOOP_PROJECTS (separated by `os.pathsep`), then under lakeloop's `examples/`."""
+    if isinstance(ref, Project):
+        return ref
+    path = Path(ref).expanduser()
+    if path.exists():
+        return load_project(path)
+    roots = [Path(p) for p in os.environ.get("LAKELOOP_PROJECTS", "").split(os.pathsep) if p] + [EXAMPLES]
+    for root in roots:
+        if (root / str(ref) / PROJECT_FILE).is_file():
+            return load_project(root / str(ref))
+    raise ProjectError(f"no project {str(ref)!r}: not a path, and no {ref}/{PROJECT_FILE} under "
+                       f"{', '.join(map(str, roots))}; give the project's folder or add its parent to "
+                       "LAKELOOP_PROJECTS", problems=[])
 
 
 def load_project(where: str | Path) -> Project:

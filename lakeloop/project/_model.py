@@ -141,6 +141,26 @@ class Project(_Strict):
     def pii_columns(self) -> dict[str, str]:
         return {p.column: p.treatment for p in self.pii}
 
+    def to_json(self) -> str:
+        """The project with the folder it was read from (a run folder keeps it for the training processes)."""
+        import json
+
+        return json.dumps({"project": self.model_dump(mode="json", by_alias=True), "root": self._root,
+                           "source": self._source})
+
+    @classmethod
+    def from_json(cls, text: str) -> Project:
+        import json
+
+        raw = json.loads(text)
+        project = cls.model_validate(raw["project"])
+        project._root, project._source = raw.get("root", ""), raw.get("source", "")
+        return project
+
+    def fingerprint(self) -> dict:
+        """What about the project changes a trained model: its id, label, features and model."""
+        return self.model_dump(mode="json", include={"id", "label", "features", "model", "pii"})
+
     def feature(self, name: str) -> Feature:
         return next(f for f in self.features if f.name == name)
 

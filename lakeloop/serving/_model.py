@@ -50,7 +50,8 @@ class LoadedModel:
         """`GET /v2/models/{name}`."""
         return {"name": self.name, "versions": [self.version], "platform": "onnxruntime_onnx",
                 "inputs": [{"name": s.name, "datatype": s.datatype, "shape": [-1, 1]} for s in self.inputs.values()],
-                "outputs": [{"name": o.name, "datatype": V2_OF_ONNX.get(o.type, o.type), "shape": [-1]}
+                "outputs": [{"name": o.name, "datatype": V2_OF_ONNX.get(o.type, o.type),
+                             "shape": [d if isinstance(d, int) else -1 for d in o.shape]}
                             for o in self.session.get_outputs()]}
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:

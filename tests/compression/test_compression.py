@@ -18,39 +18,46 @@ from lakeloop.data.generate import DriftKnobs, generate_transactions
 from lakeloop.modeling.features import FeatureSpec
 from lakeloop.modeling.nets import TabularNet
 from lakeloop.modeling.run import launch, prepare_run
+from lakeloop.project import resolve_project
+
+FRAUD = resolve_project("fraud")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     frame = pseudonymise(generate_transactions(12_000, seed=5), b"k" * 32)
-    config = TrainingConfig(epochs=3, work_root=str(tmp_path_factory.mktemp("runs")))
-    workdir = prepare_run(frame, "e" * 64, config, {})
+    config = TrainingConfig(epochs=3, pos_weight=5.0, work_root=str(tmp_path_factory.mktemp("runs")))
+    workdir = prepare_run(FRAUD, frame, "e" * 64, config, {})
     launch(workdir, config)
     return workdir, frame
 
 
 def test_onnx_takes_raw_rows_and_matches_the_torch_pipeline(tmp_path):
     frame = generate_transactions(500, seed=2)
-    spec = FeatureSpec.fit(frame)
+    spec = FeatureSpec.fit(FRAUD, frame, nullable=frozenset({"amount"}))
     torch.manual_seed(0)
-    net = TabularNet(len(spec.numeric), spec.cardinalities).eval()
+    net = TabularNet(spec.numeric_width, spec.cardinalities).eval()
     path = export_onnx(net, spec, tmp_path / "m.onnx")
     rows = generate_transactions(300, seed=3, drift=DriftKnobs(new_categories=("casino",), new_category_share=0.2))
-    outputs = session(path).run(None, onnx_inputs(rows, spec))
+    rows.loc[rows.index[:7], "amount"] = np.nan  # missing values are inputs too
+    rows.loc[rows.index[7:12], "country"] = None
+    probability, label = session(path).run(["probability", "label"], onnx_inputs(rows, spec))
     numeric, categorical = spec.encode(rows)  # the torch pipeline: Python preprocessing, then the net
     with torch.no_grad():
-        expected = net(torch.from_numpy(numeric), torch.from_numpy(categorical)).numpy()
-    assert np.max(np.abs(outputs[0] - expected)) <= 1e-5
-    assert np.allclose(outputs[1], 1 / (1 + np.exp(-expected)), atol=1e-6)
+        expected = spec.outputs_of(net(torch.from_numpy(numeric), torch.from_numpy(categorical)).numpy())
+    assert probability.shape == (300, 1) and label.shape == (300, 1) and label.dtype == np.int64
+    assert np.max(np.abs(probability[:, 0] - expected)) <= 1e-6
+    assert (label[:, 0] == (expected >= 0.5)).all()
     assert (rows["merchant_category"] == "casino").any()  # unseen values went through the reserved index
+    assert (numeric[:7, 1] == 1).all() and (categorical[7:12, 1] == 1).all()  # missing: indicator, bucket
     model = onnx.load(path)
-    assert [i.name for i in model.graph.input] == [*spec.numeric, *spec.categorical]
+    assert [i.name for i in model.graph.input] == spec.inputs
     assert {o.domain for o in model.opset_import} == {"", "ai.onnx.ml"}
 
 
 def test_pruning_makes_the_graph_physically_smaller():
-    spec = FeatureSpec.fit(generate_transactions(200, seed=1))
-    net = TabularNet(len(spec.numeric), spec.cardinalities, hidden=(64, 32))
+    spec = FeatureSpec.fit(FRAUD, generate_transactions(200, seed=1))
+    net = TabularNet(spec.numeric_width, spec.cardinalities, hidden=(64, 32))
     small = prune_units(net, 0.5)
     assert [m.out_features for m in small.mlp if isinstance(m, torch.nn.Linear)] == [32, 16, 1]
     assert sum(p.numel() for p in small.parameters()) < 0.6 * sum(p.numel() for p in net.parameters())
@@ -83,7 +90,7 @@ def test_candidates_are_measured_gated_and_chosen(trained):
 
 
 def _m(name: str, metric: float, latency: float, parity: float | None = 0.0) -> Measurement:
-    return Measurement(name, name, metric, 0.9, 0.5, 100, latency, latency * 2, parity)
+    return Measurement(name, name, metric, {"accuracy": 0.9}, 100, latency, latency * 2, parity)
 
 
 def test_gate_picks_the_fastest_passing_candidate_or_falls_back_to_fp32():

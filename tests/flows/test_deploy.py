@@ -16,8 +16,9 @@ from lakeloop.compression import export_onnx
 from lakeloop.config import DeployConfig
 from lakeloop.data._wap import read_dataset
 from lakeloop.errors import DeploymentError
-from lakeloop.modeling.features import FeatureSpec, labels
+from lakeloop.modeling.features import FeatureSpec
 from lakeloop.modeling.nets import TabularNet
+from lakeloop.project import resolve_project
 from lakeloop.secrets import SERVING_PATH, VaultClient, VaultSettings
 from tests._events import prefect_events
 from tests.serving.conftest import lakeloop_serve
@@ -27,16 +28,17 @@ pytestmark = pytest.mark.lakefs
 
 def trained_model(frame, path: Path, epochs: int = 30) -> Path:
     """A small net fitted in-process (full-batch Adam): informative enough to beat its inverse."""
-    spec = FeatureSpec.fit(frame)
+    spec = FeatureSpec.fit(resolve_project("fraud"), frame)
     numeric, categorical = spec.encode(frame)
-    y = torch.from_numpy(labels(frame))
+    y = torch.from_numpy(spec.labels(frame))
     torch.manual_seed(0)
-    net = TabularNet(len(spec.numeric), spec.cardinalities, hidden=(32,))
+    net = TabularNet(spec.numeric_width, spec.cardinalities, hidden=(32,))
     optimiser = torch.optim.Adam(net.parameters(), lr=0.02)
     x_num, x_cat = torch.from_numpy(numeric), torch.from_numpy(categorical)
     for _ in range(epochs):
         optimiser.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x_num, x_cat), y, pos_weight=torch.tensor(5.0))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x_num, x_cat)[:, 0], y,
+                                                                    pos_weight=torch.tensor(5.0))
         loss.backward()
         optimiser.step()
     return export_onnx(net.eval(), spec, path)

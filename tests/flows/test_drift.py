@@ -18,6 +18,7 @@ from lakeloop.data.generate import DriftKnobs, generate_transactions
 from lakeloop.deploy import raw_inputs
 from lakeloop.drift import DriftThresholds
 from lakeloop.modeling.features import FeatureSpec
+from lakeloop.project import resolve_project
 from lakeloop.serving import InferenceLogger, LakeFSSink
 from tests._events import prefect_events
 from tests.flows.test_deploy import trained_model
@@ -31,8 +32,8 @@ def serve_rows(frame, model: Path, sink: LakeFSSink, version: str) -> None:
     logger = InferenceLogger(sink, interval=3600)
     for start in range(0, len(frame), 50):
         feeds = raw_inputs(session, frame.iloc[start:start + 50])
-        logit, probability = session.run(["logit", "probability"], feeds)
-        logger.record("fraud", version, len(probability), feeds, {"logit": logit, "probability": probability})
+        probability, label = session.run(["probability", "label"], feeds)
+        logger.record("fraud", version, len(probability), feeds, {"probability": probability, "label": label})
     logger.flush()
 
 
@@ -47,7 +48,7 @@ def test_monitor_drift_confirms_reports_and_cools_down(tmp_path, publish, regist
     assert monitor_drift(data=data, registry=registry, drift=config).status == "no model"
 
     model = trained_model(frame, tmp_path / "model.onnx")
-    (tmp_path / "features.json").write_text(FeatureSpec.fit(frame).to_json())
+    (tmp_path / "features.json").write_text(FeatureSpec.fit(resolve_project("fraud"), frame).to_json())
     reg.register("fraud", {"model.onnx": model, "torch/features.json": tmp_path / "features.json"},
                  {"lineage": {"data_repository": data.repository, "data_commit": published.commit_id}}, actor="test")
     reg.promote("fraud", 1, "production", actor="test")
@@ -95,17 +96,16 @@ def test_monitor_drift_confirms_reports_and_cools_down(tmp_path, publish, regist
 def test_labelled_rows_published_since_the_model_count_as_drift_when_it_does_worse(tmp_path, publish, registry_for,
                                                                                   lakefs_server):
     from flows.ingest import ingest_data
-    from lakeloop.deploy import score, test_split
-    from lakeloop.modeling.features import labels
+    from lakeloop.deploy import score, test_rows
     from lakeloop.modeling.metrics import classification_metrics
 
     data, published = publish(4_000, 51)
     frame = read_dataset(lakefs_server.client(), data.repository, published.commit_id, data.prefix)
     registry, reg = registry_for(data)
     model = trained_model(frame, tmp_path / "model.onnx")
-    (tmp_path / "features.json").write_text(FeatureSpec.fit(frame).to_json())
-    test = test_split(frame)
-    at_training = classification_metrics(labels(test), score(model, test))["pr_auc"]
+    (tmp_path / "features.json").write_text(FeatureSpec.fit(resolve_project("fraud"), frame).to_json())
+    test = test_rows(frame, "transaction_id")
+    at_training = classification_metrics(test["is_fraud"].to_numpy(), score(model, test))["pr_auc"]
     reg.register("fraud", {"model.onnx": model, "torch/features.json": tmp_path / "features.json"},
                  {"lineage": {"data_repository": data.repository, "data_commit": published.commit_id},
                   "compression": {"config": {"primary_metric": "pr_auc"}, "chosen": "fp32",

@@ -15,9 +15,12 @@ from lakeloop.config import DataConfig
 from lakeloop.data._wap import data_path, report_paths
 from lakeloop.data.generate import generate_transactions
 from lakeloop.errors import DataValidationError
+from lakeloop.project import resolve_project
 from tasks.data import pull
 
 pytestmark = pytest.mark.lakefs
+
+FRAUD = resolve_project("fraud")
 
 
 @pytest.fixture
@@ -53,7 +56,7 @@ def test_good_batch_is_published_with_provenance(tmp_path, data, lakefs_server):
     assert len(merged_from.metadata["content_sha256"]) == 64 and merged_from.metadata["flow_run_id"]
     assert [b.id for b in repo.branches()] == ["main"]  # the ingest branch is gone
 
-    commit_id, published = pull.fn(data, "main")
+    commit_id, published = pull.fn(data, "main", FRAUD)
     assert commit_id == result.commit_id and len(published) == 2_000
     assert published["customer_email"].str.match(r"^pii_[0-9a-f]{32}$").all()
     assert not published["card_number"].isin(frame["card_number"]).any()  # no raw PII on main
@@ -70,9 +73,9 @@ def test_csv_batches_and_pull_by_tag_and_commit(tmp_path, data, lakefs_server):
     one = ingest_data(str(first), data=data)
     _repo(lakefs_server, data).tag("v1").create(one.commit_id)
     two = ingest_data(str(second), data=data)
-    assert len(pull.fn(data, "v1")[1]) == 500
-    assert len(pull.fn(data, one.commit_id[:16])[1]) == 500
-    commit_id, both = pull.fn(data)
+    assert len(pull.fn(data, "v1", FRAUD)[1]) == 500
+    assert len(pull.fn(data, one.commit_id[:16], FRAUD)[1]) == 500
+    commit_id, both = pull.fn(data, None, FRAUD)
     assert commit_id == two.commit_id and len(both) == 800
 
 

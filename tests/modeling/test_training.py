@@ -19,8 +19,10 @@ from lakeloop.data.generate import generate_transactions
 from lakeloop.errors import TrainingError
 from lakeloop.modeling.features import FeatureSpec, split_of
 from lakeloop.modeling.run import launch, prepare_run, torchrun_command
+from lakeloop.project import resolve_project
 
 COMMIT = "f" * 64
+FRAUD = resolve_project("fraud")
 # Tolerance of the DDP check: gradients are averaged by an all-reduce instead of one batch mean,
 # so float32 rounding differs slightly; measured max weight difference 1.2e-7 after 3 epochs.
 WEIGHT_TOLERANCE = 1e-5
@@ -36,18 +38,18 @@ def _weights(workdir) -> dict[str, torch.Tensor]:
 
 
 def test_split_is_stable_across_data_versions(frame):
-    first = split_of(frame["transaction_id"])
-    grown = pd.concat([generate_transactions(1_000, seed=99)["transaction_id"], frame["transaction_id"]])
-    again = split_of(grown)[1_000:]
+    first = split_of(frame, "transaction_id")
+    grown = pd.concat([generate_transactions(1_000, seed=99), frame])
+    again = split_of(grown, "transaction_id")[1_000:]
     assert (first == again).all()
     assert 0.17 < np.mean(first == "test") < 0.23 and 0.07 < np.mean(first == "val") < 0.13
 
 
 def test_feature_spec_maps_unseen_categories_to_the_reserved_index(frame):
-    spec = FeatureSpec.fit(frame)
+    spec = FeatureSpec.fit(FRAUD, frame)
     odd = frame.head(3).assign(merchant_category=["casino", "grocery", "casino"])
     _, codes = spec.encode(odd)
-    assert codes[:, 0].tolist()[0] == 0 and codes[1, 0] > 0
+    assert codes[:, 0].tolist()[0] == 0 and codes[1, 0] > 1  # 0: unseen, 1: missing
     assert FeatureSpec.from_json(spec.to_json()) == spec
 
 
@@ -55,7 +57,7 @@ def test_two_process_ddp_matches_one_process(frame, tmp_path):
     results, weights = {}, {}
     for devices in (1, 2):
         config = TrainingConfig(epochs=3, seed=3, devices=devices, work_root=str(tmp_path / f"w{devices}"))
-        workdir = prepare_run(frame, COMMIT, config, {})
+        workdir = prepare_run(FRAUD, frame, COMMIT, config, {})
         results[devices] = launch(workdir, config)
         weights[devices] = _weights(workdir)
     assert results[2]["world_size"] == 2 and results[1]["world_size"] == 1
@@ -70,13 +72,13 @@ def test_two_process_ddp_matches_one_process(frame, tmp_path):
 def test_killed_run_resumes_to_the_uninterrupted_result(frame, tmp_path):
     # enough epochs after the first checkpoint that the kill always lands mid-run, even on a busy machine
     config = TrainingConfig(epochs=20, seed=4, work_root=str(tmp_path / "straight"))
-    straight = launch(prepare_run(frame, COMMIT, config, {}), config)
-    again = launch(prepare_run(frame, COMMIT, config.model_copy(update={"work_root": str(tmp_path / "again")}), {}),
-                   config.model_copy(update={"work_root": str(tmp_path / "again")}))
+    straight = launch(prepare_run(FRAUD, frame, COMMIT, config, {}), config)
+    elsewhere = config.model_copy(update={"work_root": str(tmp_path / "again")})
+    again = launch(prepare_run(FRAUD, frame, COMMIT, elsewhere, {}), elsewhere)
     assert again["test_metrics"] == straight["test_metrics"]  # same commit + config + seed: same metrics
 
     killed = config.model_copy(update={"work_root": str(tmp_path / "killed")})
-    workdir = prepare_run(frame, COMMIT, killed, {})
+    workdir = prepare_run(FRAUD, frame, COMMIT, killed, {})
     process = subprocess.Popen(torchrun_command(workdir, killed), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True,
                                env={**os.environ, "OMP_NUM_THREADS": "2"})
@@ -96,12 +98,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(frame, tmp_path):
     assert resumed["test_metrics"] == straight["test_metrics"]
     assert [h["epoch"] for h in resumed["history"]] == list(range(20))
     for key, tensor in _weights(workdir).items():
-        assert torch.equal(tensor, _weights(prepare_run(frame, COMMIT, config, {}))[key]), key
+        assert torch.equal(tensor, _weights(prepare_run(FRAUD, frame, COMMIT, config, {}))[key]), key
 
 
 def test_a_run_past_its_timeout_stops_every_rank(frame, tmp_path):
     config = TrainingConfig(epochs=200, seed=4, work_root=str(tmp_path), devices=2)
-    workdir = prepare_run(frame, COMMIT, config, {})
+    workdir = prepare_run(FRAUD, frame, COMMIT, config, {})
     with pytest.raises(TrainingError, match="ran past 8s; its checkpoints are kept"):
         launch(workdir, config, timeout=8)
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if str(workdir) in " ".join(p.info["cmdline"] or [])]
@@ -111,12 +113,12 @@ def test_a_run_past_its_timeout_stops_every_rank(frame, tmp_path):
 def test_too_little_data_is_a_clear_error(tmp_path):
     tiny = pseudonymise(generate_transactions(3, seed=1), b"k" * 32)
     with pytest.raises(TrainingError, match="too few to split"):
-        prepare_run(tiny, COMMIT, TrainingConfig(work_root=str(tmp_path)), {})
+        prepare_run(FRAUD, tiny, COMMIT, TrainingConfig(work_root=str(tmp_path)), {})
 
 
 def test_a_failing_run_reports_its_log(frame, tmp_path):
     config = TrainingConfig(epochs=1, work_root=str(tmp_path))
-    workdir = prepare_run(frame, COMMIT, config, {})
+    workdir = prepare_run(FRAUD, frame, COMMIT, config, {})
     (workdir / "arrays.npz").write_bytes(b"not numpy")
     with pytest.raises(TrainingError, match=r"failed .*a re-run resumes"):
         launch(workdir, config)
@@ -124,7 +126,7 @@ def test_a_failing_run_reports_its_log(frame, tmp_path):
 
 def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(frame, tmp_path):
     config = TrainingConfig(epochs=4, seed=6, work_root=str(tmp_path))
-    workdir = prepare_run(frame, COMMIT, config, {})
+    workdir = prepare_run(FRAUD, frame, COMMIT, config, {})
     straight = launch(workdir, config)
     (workdir / "checkpoints" / "last.ckpt").write_bytes(b"cut off by a kill")  # a kill mid-write
     (workdir / "checkpoints" / "epoch=3.ckpt").unlink()

@@ -121,3 +121,13 @@ def test_init_infers_the_task_of_scikit_learns_datasets(tmp_path, dataset, targe
     assert project["label"]["task"] == task and len(project["features"]) == features
     assert project["name"] == "p"
     assert lakeloop("validate", "proj", "--data", "data.parquet", cwd=tmp_path).returncode == 0
+
+
+def test_the_demand_example_validates_the_data_its_generator_makes(tmp_path):
+    made = subprocess.run([sys.executable, str(ROOT / "examples" / "demand" / "generate.py"), "sales.parquet",
+                           "--rows", "3000", "--seed", "4"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    checked = lakeloop("validate", ROOT / "examples" / "demand", "--data", "sales.parquet", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    assert "project demand: regression on 'units_sold', 6 features, primary metric rmse (lower is better)" in \
+        " ".join(checked.stdout.split())

@@ -30,9 +30,10 @@ def rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     from lakeloop.compression import onnx_inputs
     from lakeloop.data.generate import generate_transactions
     from lakeloop.modeling.features import FeatureSpec
+    from lakeloop.project import resolve_project
 
     frame = generate_transactions(max(n, 50), seed=seed).head(n)
-    return onnx_inputs(frame, FeatureSpec.fit(generate_transactions(500, seed=1)))
+    return onnx_inputs(frame, FeatureSpec.fit(resolve_project("fraud"), generate_transactions(500, seed=1)))
 
 
 class Served:

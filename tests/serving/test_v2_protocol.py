@@ -51,7 +51,7 @@ def test_standard_v2_client_gets_the_models_answers(server, model_file, binary):
 
     batch = rows(37, seed=4)
     outputs = None if binary else [triton.InferRequestedOutput("probability", binary_data=False),
-                                   triton.InferRequestedOutput("logit", binary_data=False)]
+                                   triton.InferRequestedOutput("label", binary_data=False)]
     result = client.infer("fraud", triton_inputs(batch, binary), outputs=outputs, headers=dict(AUTH))
     expected = ort.InferenceSession(str(model_file)).run(["probability"], batch)[0]
     np.testing.assert_allclose(result.as_numpy("probability"), expected, rtol=1e-6)
@@ -175,7 +175,9 @@ def test_inference_logs_hold_inputs_outputs_and_version(server):
     frame = table.to_pandas()
     logged = frame[frame["amount"].isin(batch["amount"].ravel())]
     assert list(logged["country"]) == list(batch["country"].ravel())
-    np.testing.assert_allclose(logged["output_probability"].to_numpy(), answer["outputs"][1]["data"], rtol=1e-6)
+    answered = {o["name"]: o["data"] for o in answer["outputs"]}
+    np.testing.assert_allclose(logged["output_probability"].to_numpy(), answered["probability"], rtol=1e-6)
+    assert list(logged["output_label"]) == answered["label"]
     assert set(logged["model_version"]) == {answer["model_version"]}
     assert not frame["amount"].isin(skipped["amount"].ravel()).any()
 
@@ -199,6 +201,6 @@ def test_two_workers_serve_the_same_model(model_file, tmp_path):
         client = triton.InferenceServerClient(served.hostport)
         for _ in range(10):
             result = client.infer("fraud", triton_inputs(rows(2), True), headers=dict(AUTH))
-            assert result.as_numpy("probability").shape == (2,)
+            assert result.as_numpy("probability").shape == (2, 1)
         with pytest.raises(InferenceServerException, match="401"):
             client.infer("fraud", triton_inputs(rows(2), True))

@@ -1,0 +1,120 @@
+"""Every task through features, nets and the ONNX export: scikit-learn's bundled datasets with missing values
+added, the built-in net and a plug-in, and the plug-in contract's failures."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn.datasets
+import torch
+import yaml
+
+from lakeloop.compression import export_onnx, onnx_inputs
+from lakeloop.compression.candidates import onnx_outputs, parity, session, torch_outputs
+from lakeloop.errors import ProjectError
+from lakeloop.modeling.features import FeatureSpec
+from lakeloop.modeling.metrics import task_metrics
+from lakeloop.modeling.nets import build_net
+from lakeloop.project import load_project
+from lakeloop.project._infer import infer_project
+
+PLUGIN = textwrap.dedent("""\
+    import torch
+
+    def linear(spec, task, outputs, scale=1.0):
+        return Linear(spec.numeric_width, len(spec.categories), outputs, scale)
+
+    class Linear(torch.nn.Module):
+        def __init__(self, numbers, categories, outputs, scale):
+            super().__init__()
+            self.layer = torch.nn.Linear(numbers + categories, outputs)
+            self.scale = scale
+
+        def forward(self, numeric, categorical):
+            return self.layer(torch.cat([numeric, categorical.float()], dim=1)) * self.scale
+
+    def raises(spec, task, outputs):
+        raise RuntimeError("no GPU memory left")
+
+    def not_a_module(spec, task, outputs):
+        return "a string"
+
+    def wrong_width(spec, task, outputs):
+        return Linear(spec.numeric_width, len(spec.categories), outputs + 2, 1.0)
+    """)
+
+
+def project_for(frame: pd.DataFrame, target: str, folder: Path, **overrides):
+    inferred = infer_project(frame, target, "t")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lakeloop.yaml").write_text(yaml.safe_dump({**inferred.project, **overrides}))
+    (folder / "schema.yaml").write_text(inferred.schema.to_yaml())
+    (folder / "plug.py").write_text(PLUGIN)
+    return load_project(folder)
+
+
+def dataset(name: str, label: str) -> pd.DataFrame:
+    frame = getattr(sklearn.datasets, name)(as_frame=True).frame.rename(columns={"target": label})
+    rng = np.random.default_rng(0)
+    first = frame.columns[0]
+    frame.loc[rng.random(len(frame)) < 0.1, first] = np.nan  # missing values are model inputs
+    if name == "load_wine":
+        frame[label] = frame[label].map({0: "barolo", 1: "grignolino", 2: "barbera"})
+        frame["region"] = rng.choice(["north", "south", None], len(frame))  # a category with gaps
+    return frame
+
+
+@pytest.mark.parametrize(("name", "label", "task", "model"), [
+    ("load_wine", "cultivar", "multiclass", {}),
+    ("load_diabetes", "progression", "regression", {}),
+    ("load_diabetes", "progression", "regression", {"plugin": "plug:linear", "options": {"scale": 0.5}}),
+    ("load_breast_cancer", "malignant", "binary", {"plugin": "plug:linear"}),
+])
+def test_the_export_matches_torch_for_every_task(tmp_path, name, label, task, model):
+    frame = dataset(name, label)
+    overrides = {"model": model} if model else {}
+    if task == "regression":
+        overrides["label"] = {"column": label, "task": "regression", "transform": "log1p"}
+    project = project_for(frame, label, tmp_path / "p", **overrides)
+    assert project.task == task
+    spec = FeatureSpec.fit(project, frame)
+    torch.manual_seed(0)
+    net = build_net(spec, project.model, project).eval()
+    path = export_onnx(net, spec, tmp_path / "m.onnx")
+    sess = session(path)
+    outputs = onnx_outputs(sess, onnx_inputs(frame, spec), task)
+    expected = torch_outputs(net, spec, frame)
+    assert parity(outputs, expected, task) <= 1e-5
+    names = {o.name: o.shape for o in sess.get_outputs()}
+    if task == "multiclass":
+        assert names == {"probabilities": ["N", 3], "label": ["N", 1]}
+        assert np.allclose(outputs.sum(axis=1), 1, atol=1e-5)
+        assert sess.get_modelmeta().custom_metadata_map["lakeloop.classes"] == '["barbera", "barolo", "grignolino"]'
+    elif task == "regression":
+        assert names == {"prediction": ["N", 1]}
+        assert (outputs > -1).all()  # log1p undone in the graph: predictions are in the label's units
+    else:
+        assert names == {"probability": ["N", 1], "label": ["N", 1]}
+    metrics = task_metrics(task, spec.targets(frame), outputs)
+    assert {"multiclass": "macro_f1", "regression": "rmse", "binary": "pr_auc"}[task] in metrics
+
+
+@pytest.mark.parametrize(("plugin", "message"), [
+    ("nowhere:make", "model plug-in 'nowhere:make': cannot import nowhere (ModuleNotFoundError"),
+    ("plug:missing", "module plug has no 'missing'"),
+    ("plug:raises", "model plug-in 'plug:raises' raised RuntimeError: no GPU memory left"),
+    ("plug:not_a_module", "returned str, not a torch nn.Module"),
+    ("plug:wrong_width", "returned output of shape (2, 3) for 2 rows; a binary net must return [N, 1]"),
+    ("no-such-entry-point", "no entry point of that name in group lakeloop.models"),
+])
+def test_a_broken_plugin_is_named_with_what_went_wrong(tmp_path, plugin, message):
+    frame = dataset("load_breast_cancer", "malignant")
+    project = project_for(frame, "malignant", tmp_path / "p", model={"plugin": plugin})
+    spec = FeatureSpec.fit(project, frame)
+    with pytest.raises(ProjectError) as info:
+        build_net(spec, project.model, project)
+    assert message in str(info.value)
