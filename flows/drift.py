@@ -47,7 +47,7 @@ def monitor_drift(project: str = "fraud", data: DataConfig | None = None, regist
                             window_start=start.isoformat(), window_end=end.isoformat())
     reference = drift_reference(registry, data, drift, version, manifest, spec)
     window = read_traffic(data, drift, registry, reference, start, end)
-    report = compare_window(reference, window, drift)
+    report = compare_window(reference, window, drift, spec)
     performance = labelled_performance(registry, data, drift, version, manifest, spec)
     return record_decision(report, reference, window, data, drift, registry, version, manifest, start, end,
                            performance)

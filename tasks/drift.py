@@ -156,13 +156,15 @@ def labelled_performance(registry: RegistryConfig, data: DataConfig, drift: Drif
 
 
 @task(cache_policy=NO_CACHE)
-def compare_window(reference: Reference, window: dict[str, pa.ChunkedArray], drift: DriftConfig) -> DriftReport:
+def compare_window(reference: Reference, window: dict[str, pa.ChunkedArray], drift: DriftConfig,
+                   project: Project) -> DriftReport:
+    """The window against the reference, with the project's per-feature thresholds."""
     rows = len(next(iter(window.values()))) if window else 0
     if rows < drift.min_rows:  # too little traffic to say anything: no data, not a failure
         return DriftReport(status="no data", rows_reference=reference.rows, rows_current=rows, features=[],
                            drifted=[], drifted_share=0.0,
                            reason=f"{rows} rows logged; at least {drift.min_rows} needed")
-    return reference.compare(window, drift.thresholds)
+    return reference.compare(window, drift.thresholds, project.feature_thresholds(drift.thresholds))
 
 
 @task(cache_policy=NO_CACHE)

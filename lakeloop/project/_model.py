@@ -164,13 +164,12 @@ class Project(_Strict):
     def feature(self, name: str) -> Feature:
         return next(f for f in self.features if f.name == name)
 
-    def thresholds_for(self, name: str) -> DriftThresholds:
-        """The drift thresholds of one feature: the project's, with the feature's overrides."""
-        base = self.drift.thresholds
-        override = next((f.drift for f in self.features if f.name == name and f.drift), None)
-        if override is None:
-            return base
-        return base.model_copy(update=override.model_dump(exclude_none=True))
+    def feature_thresholds(self, base: DriftThresholds | None = None) -> dict[str, DriftThresholds]:
+        """The features whose drift thresholds the project overrides: `base` (default: the project's
+        `drift.thresholds`) with each feature's own values."""
+        base = base or self.drift.thresholds
+        return {f.name: base.model_copy(update=f.drift.model_dump(exclude_none=True))
+                for f in self.features if f.drift is not None}
 
     def problems(self) -> list[tuple[Path_, str]]:
         """Rules across fields, as (path of the bad value, message saying what to do)."""

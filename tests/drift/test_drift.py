@@ -98,3 +98,40 @@ def test_cached_grid_agrees_with_the_exact_two_sample_statistics():
         ks, wasserstein = ks_and_wasserstein(np.sort(reference[feature.name]), window[feature.name])
         assert feature.ks == pytest.approx(ks, abs=2e-3)
         assert feature.score * np.std(reference[feature.name]) == pytest.approx(wasserstein, rel=0.01)
+
+
+def _with_score(frame, seed: int) -> dict[str, np.ndarray]:
+    """The fraud columns plus a model score as heavy-tailed as a rare-class probability."""
+    cols = columns(frame)
+    cols["output_probability"] = np.random.default_rng(seed).beta(0.3, 8, len(frame))
+    return cols
+
+
+@pytest.mark.parametrize("rows", [100, 300, 1_000, 10_000])
+def test_a_small_window_of_unchanged_traffic_is_never_drift(rows):
+    reference = Reference.build(_with_score(generate_transactions(100_000, seed=1), 1))
+    thresholds = DriftThresholds(key_features=["output_probability"])  # one key feature is enough to flag
+    for seed in range(2, 7):  # five windows of each size
+        report = reference.compare(_with_score(generate_transactions(rows, seed=seed), seed), thresholds)
+        assert report.status == "no drift" and report.drifted == [], (rows, seed, report.reason,
+                                                                      [(f.name, f.score, f.threshold)
+                                                                       for f in report.features])
+    # the floor is the window's sampling noise: small windows get a higher bar, large ones the configured one
+    small = reference.compare(_with_score(generate_transactions(rows, seed=9), 9), thresholds)
+    amount = next(f for f in small.features if f.name == "amount")
+    assert amount.threshold >= thresholds.wasserstein
+
+
+@pytest.mark.parametrize("rows", [300, 1_000, 10_000])
+def test_a_shift_is_still_found_in_a_small_window(rows):
+    reference = Reference.build(_with_score(generate_transactions(100_000, seed=1), 1))
+    shifted = generate_transactions(rows, seed=3, drift=DriftKnobs(amount_shift=1.5, distance_scale=4.0))
+    report = reference.compare(_with_score(shifted, 3), DriftThresholds())
+    assert {"amount", "distance_from_home_km"} <= set(report.drifted), report.reason
+
+
+def test_per_feature_thresholds_override_the_defaults(reference):
+    shifted = columns(generate_transactions(20_000, seed=3, drift=DriftKnobs(amount_shift=1.5)))
+    loose = {"amount": DriftThresholds(wasserstein=50.0, psi=50.0)}
+    assert "amount" in reference.compare(shifted).drifted
+    assert "amount" not in reference.compare(shifted, per_feature=loose).drifted
