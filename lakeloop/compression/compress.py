@@ -17,6 +17,7 @@ from lakeloop.errors import CompressionGateError
 from lakeloop.modeling.features import FeatureSpec, split_of
 from lakeloop.modeling.metrics import task_metrics
 from lakeloop.modeling.nets import TabularNet, build_net
+from lakeloop.modeling.run import run_lock
 from lakeloop.project import Project
 
 FP32 = "fp32"
@@ -51,6 +52,11 @@ def compress(workdir: Path, frame: pd.DataFrame, config: CompressionConfig) -> C
     Raises:
         CompressionGateError: the FP32 export does not match torch (nothing can be chosen).
     """
+    with run_lock(workdir):  # two compressions of one run never write the same candidates at once
+        return _compress(workdir, frame, config)
+
+
+def _compress(workdir: Path, frame: pd.DataFrame, config: CompressionConfig) -> CompressionReport:
     weights = hashlib.sha256((workdir / "model.pt").read_bytes()).hexdigest()
     stored = workdir / "compression.json"
     if stored.exists():

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +23,8 @@ from lakeloop.modeling.features import FeatureSpec, split_of
 from lakeloop.modeling.nets import build_net
 from lakeloop.project import Project
 
+log = logging.getLogger("lakeloop.training")
+
 
 def prepare_run(project: Project, frame: pd.DataFrame, commit_id: str, config: TrainingConfig, lineage: dict,
                 nullable: frozenset[str] = frozenset()) -> Path:
@@ -28,10 +34,33 @@ def prepare_run(project: Project, frame: pd.DataFrame, commit_id: str, config: T
     changes a model, so a re-run of the same training finds its checkpoints and resumes.
     """
     workdir = Path(config.work_root) / config.run_key(commit_id, project.fingerprint())
+    with run_lock(workdir):
+        if (workdir / "arrays.npz").exists():
+            (workdir / "config.json").write_text(config.model_dump_json(indent=2))  # the layout may change
+            return workdir
+        return _prepare(project, frame, commit_id, config, lineage, nullable, workdir)
+
+
+@contextmanager
+def run_lock(workdir: Path) -> Iterator[None]:
+    """One writer at a time per run folder, across threads and processes (an advisory `flock`, released
+    when its holder exits, even by SIGKILL). A triggered retrain and a manual train-model of the same commit
+    and config share the folder: the second waits, then resumes from the first's checkpoints."""
     workdir.mkdir(parents=True, exist_ok=True)
-    if (workdir / "arrays.npz").exists():
-        (workdir / "config.json").write_text(config.model_dump_json(indent=2))  # the layout may change
-        return workdir
+    with open(workdir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another run is using %s: waiting for it to finish", workdir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _prepare(project: Project, frame: pd.DataFrame, commit_id: str, config: TrainingConfig, lineage: dict,
+             nullable: frozenset[str], workdir: Path) -> Path:
     split = split_of(frame, project.id)
     train = frame[split == "train"]
     if train.empty or not (split == "test").any() or not (split == "val").any():
@@ -74,7 +103,14 @@ def launch(workdir: Path, config: TrainingConfig, timeout: float | None = None) 
 
     Lightning's own DDP launcher re-executes the calling script, which breaks inside an orchestrator
     task; a dedicated entrypoint under torchrun does not (Lightning sees TorchElastic and stays put).
+    Holds the folder's lock throughout: a second launch of the same folder waits, then resumes from the
+    finished checkpoints (and reports the same result).
     """
+    with run_lock(workdir):
+        return _launch(workdir, config, timeout)
+
+
+def _launch(workdir: Path, config: TrainingConfig, timeout: float | None) -> dict:
     (workdir / "config.json").write_text(config.model_dump_json(indent=2))
     (workdir / "result.json").unlink(missing_ok=True)
     threads = max(1, (os.cpu_count() or 1) // config.devices)

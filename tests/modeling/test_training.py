@@ -133,3 +133,21 @@ def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one(frame, tmp_p
     again = launch(workdir, config)
     assert again["resumed"] and again["test_metrics"] == straight["test_metrics"]
     assert "skipping unreadable checkpoint last.ckpt" in (workdir / "train.log").read_text()
+
+
+def test_two_runs_of_one_folder_at_once_never_corrupt_each_other(frame, tmp_path):
+    """A triggered retrain and a manual train-model of the same commit and config share one run folder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = TrainingConfig(epochs=2, seed=8, work_root=str(tmp_path))
+    with ThreadPoolExecutor(2) as pool:  # both prepare the (new) folder at once
+        folders = list(pool.map(lambda _: prepare_run(FRAUD, frame, COMMIT, config, {}), range(2)))
+    assert folders[0] == folders[1]
+    workdir = folders[0]
+    with np.load(workdir / "arrays.npz") as arrays:
+        assert arrays["train_label"].shape[0] > 0  # one complete write, not two interleaved ones
+    with ThreadPoolExecutor(2) as pool:  # and train it at once: the second waits, then resumes
+        results = list(pool.map(lambda _: launch(workdir, config), range(2)))
+    assert results[0]["test_metrics"] == results[1]["test_metrics"]
+    assert sorted(r["resumed"] for r in results) == [False, True]
+    assert (workdir / "result.json").exists()
