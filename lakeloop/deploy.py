@@ -62,26 +62,34 @@ class ModelInfo:
         return index.astype(np.int64)
 
 
-def _session(model: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+class OnnxModel:
+    """One lakeloop ONNX file, opened once: its session, what it says about itself, its answers."""
+
+    def __init__(self, path: Path) -> None:
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.info = ModelInfo.of(self.session)
+
+    def score(self, frame: pd.DataFrame) -> np.ndarray:
+        """The primary output: [N] probability or prediction, [N, C] class probabilities."""
+        task = self.info.task
+        out = self.session.run([primary_output(task)], raw_inputs(self.session, frame))[0].astype(np.float64)
+        return out if task == "multiclass" else out.reshape(-1)
+
+    def predicted_labels(self, frame: pd.DataFrame) -> np.ndarray:
+        """Classification: the predicted class names; regression: the predictions."""
+        if self.info.task == "regression":
+            return self.score(frame)
+        index = self.session.run(["label"], raw_inputs(self.session, frame))[0].reshape(-1)
+        return np.asarray(self.info.classes, dtype=object)[index]
+
+    def metrics(self, frame: pd.DataFrame) -> dict[str, float]:
+        """The task's metrics on labelled rows."""
+        return task_metrics(self.info.task, self.info.targets(frame), self.score(frame))
 
 
 def score(model: Path, frame: pd.DataFrame) -> np.ndarray:
-    """The model's primary output on `frame`: [N] probability or prediction, [N, C] class probabilities."""
-    session = _session(model)
-    task = ModelInfo.of(session).task
-    out = session.run([primary_output(task)], raw_inputs(session, frame))[0].astype(np.float64)
-    return out if task == "multiclass" else out.reshape(-1)
-
-
-def predicted_labels(model: Path, frame: pd.DataFrame) -> np.ndarray:
-    """Classification: the predicted class names; regression: the predictions."""
-    session = _session(model)
-    info = ModelInfo.of(session)
-    if info.task == "regression":
-        return score(model, frame)
-    index = session.run(["label"], raw_inputs(session, frame))[0].reshape(-1)
-    return np.asarray(info.classes, dtype=object)[index]
+    """The model's primary output on `frame` (see `OnnxModel.score`)."""
+    return OnnxModel(model).score(frame)
 
 
 def test_rows(frame: pd.DataFrame, id_column: str | None) -> pd.DataFrame:
@@ -124,10 +132,8 @@ class GateDecision:
 def gate(challenger: Path, champion: Path | None, test: pd.DataFrame, metric: str, tolerance: float,
          higher_is_better: bool = True) -> GateDecision:
     """Challenger must not be worse than the champion by more than `tolerance` on the same rows."""
-    info = ModelInfo.of(_session(challenger))
-    y = info.targets(test)
-    mine = task_metrics(info.task, y, score(challenger, test))[metric]
-    theirs = task_metrics(info.task, y, score(champion, test))[metric] if champion is not None else None
+    mine = OnnxModel(challenger).metrics(test)[metric]
+    theirs = OnnxModel(champion).metrics(test)[metric] if champion is not None else None
     return GateDecision(metric, mine, theirs, tolerance, len(test), higher_is_better)
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -17,14 +15,14 @@ from pydantic import BaseModel
 
 from blocks import LakeFSConnection
 from lakeloop import deploy as d
+from lakeloop.compression import onnx_inputs
 from lakeloop.config import DataConfig, DriftConfig, RegistryConfig
 from lakeloop.data import _wap as wap
 from lakeloop.drift import DriftReport, Reference
 from lakeloop.drift import _window as logs
 from lakeloop.drift._decide import decide
 from lakeloop.drift._plots import plot_features
-from lakeloop.modeling.features import FeatureSpec, boolean_values, category_strings, split_of
-from lakeloop.modeling.metrics import task_metrics
+from lakeloop.modeling.features import FeatureSpec, split_of
 from lakeloop.project import Project
 
 
@@ -64,15 +62,6 @@ def score_feature(task: str) -> str:
     return {"binary": "output_probability", "multiclass": "output_label", "regression": "output_prediction"}[task]
 
 
-def model_columns(spec: FeatureSpec, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The model's inputs as the server receives and logs them: numbers and booleans as floats (NaN =
-    missing), categories as strings ("" = missing)."""
-    columns = {n.name: (boolean_values(frame[n.name], n.name) if n.boolean else frame[n.name].to_numpy(np.float64))
-               for n in spec.numbers}
-    columns.update({c.name: category_strings(frame[c.name]).to_numpy(dtype=object) for c in spec.categories})
-    return columns
-
-
 @task(cache_policy=NO_CACHE)
 def production_model(registry: RegistryConfig) -> tuple[int | None, dict]:
     """The version the production alias points at, and its verified manifest (or None, {})."""
@@ -104,10 +93,11 @@ def drift_reference(registry: RegistryConfig, data: DataConfig, drift: DriftConf
     train = frame[split_of(frame, spec.id_column) == "train"]
     if len(train) > drift.reference_rows:
         train = train.sample(drift.reference_rows, random_state=0)
-    columns = model_columns(spec, train)
-    model = model_dir / "model.onnx"
-    columns[score_feature(spec.label.task)] = (d.predicted_labels(model, train).astype(str)
-                                               if spec.label.task == "multiclass" else d.score(model, train))
+    # the model's inputs as the server receives and logs them (float32 numbers, "" for a missing category)
+    columns = {name: values.ravel() for name, values in onnx_inputs(train, spec).items()}
+    model = d.OnnxModel(model_dir / "model.onnx")
+    columns[score_feature(spec.label.task)] = (model.predicted_labels(train).astype(str)
+                                               if spec.label.task == "multiclass" else model.score(train))
     reference = Reference.build(columns, drift.thresholds.bins)
     reference.save(folder)
     get_run_logger().info("built the drift reference of v%d from %d training rows at %s", version, len(train),
@@ -145,8 +135,7 @@ def labelled_performance(registry: RegistryConfig, data: DataConfig, drift: Drif
     chosen = next((row for row in compression.get("table", []) if row.get("name") == compression.get("chosen")), {})
     at_training = float(chosen.get("primary_metric", manifest.get("metrics", {}).get(metric, float("nan"))))
     model = _version_folder(registry, drift, version) / "model" / "model.onnx"  # fetched with the reference
-    info = d.ModelInfo.of(d.ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]))
-    current = float(task_metrics(info.task, info.targets(frame), d.score(model, frame))[metric])
+    current = float(d.OnnxModel(model).metrics(frame)[metric])
     drop = at_training - current if project.higher_is_better else current - at_training
     performance = Performance(rows=len(frame), since_commit=since, head_commit=head, metric=metric, current=current,
                               at_training=at_training, drop=drop, degraded=drop > drift.performance_drop)

@@ -7,6 +7,7 @@ are checked by `problems()`, which names the path of each bad value so the loade
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
@@ -143,15 +144,11 @@ class Project(_Strict):
 
     def to_json(self) -> str:
         """The project with the folder it was read from (a run folder keeps it for the training processes)."""
-        import json
-
         return json.dumps({"project": self.model_dump(mode="json", by_alias=True), "root": self._root,
                            "source": self._source})
 
     @classmethod
     def from_json(cls, text: str) -> Project:
-        import json
-
         raw = json.loads(text)
         project = cls.model_validate(raw["project"])
         project._root, project._source = raw.get("root", ""), raw.get("source", "")
