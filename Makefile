@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)  ## start the embedded stack, run the whole loop through its triggers, stop the stack
-	$(VENV)/bin/lakeloop demo --state-dir $(STATE)
+	$(VENV)/bin/lakeloop demo --project examples/fraud --state-dir $(STATE)
 
 test: $(STAMP)  ## the default suite (a few minutes on 2 cores)
 	$(VENV)/bin/ruff check .
@@ -38,6 +38,7 @@ bench: $(STAMP) bench-tools
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/drift.py
 	$(PY) benchmarks/loop.py
+	$(PY) benchmarks/quality.py
 	$(PY) benchmarks/gpu_train.py
 
 # wrk (Debian package) drives the serving benchmark; KServe and Evidently get venvs of their own

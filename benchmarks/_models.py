@@ -17,13 +17,12 @@ def raw_feature_model(path: Path, seed: int = 0, state_dict_path: Path | None = 
     """
     import torch
 
+    from benchmarks._fraud import FRAUD, generate_transactions
     from lakeloop.compression import export_onnx
-    from lakeloop.data.generate import generate_transactions
     from lakeloop.modeling.features import FeatureSpec
     from lakeloop.modeling.nets import TabularNet
-    from lakeloop.project import resolve_project
 
-    spec = FeatureSpec.fit(resolve_project("fraud"), generate_transactions(500, seed=1))
+    spec = FeatureSpec.fit(FRAUD, generate_transactions(500, seed=1))
     torch.manual_seed(seed)
     net = TabularNet(spec.numeric_width, spec.cardinalities).eval()
     if state_dict_path is not None:

@@ -21,11 +21,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks._fraud import FRAUD, generate_transactions  # noqa: E402
 from lakeloop.config import TrainingConfig  # noqa: E402
 from lakeloop.data import pseudonymise  # noqa: E402
-from lakeloop.data.generate import generate_transactions  # noqa: E402
 from lakeloop.modeling.run import launch, prepare_run  # noqa: E402
-from lakeloop.project import resolve_project  # noqa: E402
 
 
 def run(project, frame, config: TrainingConfig, label: str) -> dict:
@@ -57,9 +56,9 @@ def main() -> None:
     gpus = 1 if args.cpu_smoke else torch.cuda.device_count()
     if not args.cpu_smoke:
         print(f"{gpus} x {torch.cuda.get_device_name(0)}, torch {torch.__version__}", flush=True)
-    frame = pseudonymise(generate_transactions(args.rows, seed=5), b"k" * 32)
+    frame = pseudonymise(generate_transactions(args.rows, seed=5), b"k" * 32, FRAUD.pii_columns)
     with tempfile.TemporaryDirectory(prefix="lakeloop-gpu-bench-") as tmp:
-        project = resolve_project("fraud")
+        project = FRAUD
         project = project.model_copy(update={"model": project.model.model_copy(update={"hidden": args.hidden})})
         base = TrainingConfig(epochs=args.epochs, global_batch_size=args.batch, accelerator=accelerator,
                               learning_rate=1e-3)

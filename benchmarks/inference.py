@@ -25,15 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks._fraud import FRAUD, generate_transactions  # noqa: E402
 from lakeloop.compression import compress, onnx_inputs  # noqa: E402
 from lakeloop.compression.candidates import session  # noqa: E402
 from lakeloop.config import CompressionConfig  # noqa: E402
 from lakeloop.data import pseudonymise  # noqa: E402
-from lakeloop.data.generate import generate_transactions  # noqa: E402
 from lakeloop.modeling.features import FeatureSpec, split_of  # noqa: E402
 from lakeloop.modeling.nets import build_net  # noqa: E402
 from lakeloop.modeling.run import launch, prepare_run  # noqa: E402
-from lakeloop.project import resolve_project  # noqa: E402
 
 
 def timed(fn, repeat: int) -> float:
@@ -54,9 +53,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2000)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    frame = pseudonymise(generate_transactions(args.rows, seed=11), b"k" * 32)
+    frame = pseudonymise(generate_transactions(args.rows, seed=11), b"k" * 32, FRAUD.pii_columns)
     with tempfile.TemporaryDirectory(prefix="lakeloop-infer-bench-") as tmp:
-        project = resolve_project("fraud")
+        project = FRAUD
         config = project.training.model_copy(update={"epochs": args.epochs, "work_root": tmp})
         workdir = prepare_run(project, frame, "d" * 64, config, {})
         launch(workdir, config)

@@ -32,12 +32,19 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._fraud import (  # noqa: E402  # noqa: E402
+    CATEGORIES,
+    CHANNELS,
+    COUNTRIES,
+    EMAIL_RE,
+    FRAUD,
+    FREE_TEXT_PII_RE,
+    RawTransactionsSchema,
+    generate_transactions,
+)
 from lakeloop.data import pseudonymise, read_batch, upload_frame, upload_stream, validate_batch  # noqa: E402
-from lakeloop.data.generate import generate_transactions  # noqa: E402
 from lakeloop.devstack import _proc  # noqa: E402
 from lakeloop.devstack.lakefs import start_process  # noqa: E402
-from lakeloop.schemas import CATEGORIES, CHANNELS, COUNTRIES, RawTransactionsSchema  # noqa: E402
-from lakeloop.schemas.transactions import EMAIL_RE, FREE_TEXT_PII_RE  # noqa: E402
 
 
 def hand_written_check(frame: pd.DataFrame) -> int:
@@ -140,7 +147,7 @@ def _ingest_path_child(parquet: str, endpoint: str, key_id: str, secret: str, ou
     frame = read_batch(parquet)
     frame_bytes = int(frame.memory_usage(deep=True).sum())
     report = validate_batch(frame, RawTransactionsSchema, parquet)
-    safe = pseudonymise(frame, b"k" * 32)
+    safe = pseudonymise(frame, b"k" * 32, FRAUD.pii_columns)
     del frame
     client = lakefs.Client(host=endpoint, username=key_id, password=secret)
     repo = lakefs.Repository(f"mem-{secrets.token_hex(4)}", client=client).create(

@@ -38,9 +38,9 @@ import lakefs  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
+from benchmarks._fraud import generate_transactions  # noqa: E402
 from benchmarks._models import nan_on_zero_amount, raw_feature_model  # noqa: E402
 from lakeloop.compression import onnx_inputs  # noqa: E402
-from lakeloop.data.generate import generate_transactions  # noqa: E402
 from lakeloop.devstack import _proc, bao  # noqa: E402
 from lakeloop.devstack.lakefs import start_process  # noqa: E402
 from lakeloop.modeling.features import FeatureSpec  # noqa: E402

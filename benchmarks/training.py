@@ -23,13 +23,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
+from benchmarks._fraud import FRAUD, generate_transactions  # noqa: E402
 from lakeloop.config import TrainingConfig  # noqa: E402
 from lakeloop.data import pseudonymise  # noqa: E402
-from lakeloop.data.generate import generate_transactions  # noqa: E402
 from lakeloop.modeling.features import FeatureSpec  # noqa: E402
 from lakeloop.modeling.nets import build_net  # noqa: E402
 from lakeloop.modeling.run import launch, prepare_run  # noqa: E402
-from lakeloop.project import Project, resolve_project  # noqa: E402
+from lakeloop.project import Project  # noqa: E402
 
 
 def plain_epochs(workdir: Path, config: TrainingConfig, epochs: int, project: Project) -> list[float]:
@@ -60,9 +60,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
-    frame = pseudonymise(generate_transactions(args.rows, seed=3), b"k" * 32)
+    frame = pseudonymise(generate_transactions(args.rows, seed=3), b"k" * 32, FRAUD.pii_columns)
     with tempfile.TemporaryDirectory(prefix="lakeloop-train-bench-") as tmp:
-        project = resolve_project("fraud")
+        project = FRAUD
         config = project.training.model_copy(update={"epochs": args.epochs, "work_root": tmp})
         workdir = prepare_run(project, frame, "b" * 64, config, {})
         os.environ["OMP_NUM_THREADS"] = str(os.cpu_count() or 1)

@@ -20,7 +20,7 @@ def compress_model(run: TrainResult, data: DataConfig | None = None,
     """Build FP32, INT8 dynamic, INT8 static QDQ, pruned and distilled ONNX models of `run`; measure
     each on the run's own data commit; choose the fastest that passes the gates (else FP32)."""
     project = Project.from_json((Path(run.workdir) / "project.json").read_text())  # as it was trained
-    data = (data or project.data).model_copy(update={"repository": run.data_repository})
+    data = (data or project.data).model_copy(update={"repository": run.data_repository, "prefix": run.data_prefix})
     _, frame = pull(data, run.data_commit, project)
     report = build_and_measure(run.workdir, frame, compression or project.compression)
     publish_compression_report(report)

@@ -35,7 +35,7 @@ class DeployResult(BaseModel):
 
 
 @flow(name="deploy-model", log_prints=True)
-def deploy_model(version: int, project: str = "fraud", data: DataConfig | None = None,
+def deploy_model(version: int, project: str, data: DataConfig | None = None,
                  registry: RegistryConfig | None = None, deploy: DeployConfig | None = None) -> DeployResult:
     """Put `version` into service if it is not worse than the champion on the same test split.
 
@@ -46,7 +46,7 @@ def deploy_model(version: int, project: str = "fraud", data: DataConfig | None =
     """
     spec = resolve_project(project)
     data, deploy = data or spec.data, deploy or spec.deploy
-    registry = registry or RegistryConfig(model_name=spec.name)
+    registry = (registry or RegistryConfig()).named(spec.name)
     logger = get_run_logger()
     manifest = read_manifest(registry, version)
     champion = current_champion(registry, deploy.alias)
@@ -54,7 +54,8 @@ def deploy_model(version: int, project: str = "fraud", data: DataConfig | None =
         return DeployResult(version=version, status="unchanged", previous=champion,
                             detail=f"v{version} already is {deploy.alias}")
     lineage = manifest.get("lineage", {})
-    data = data.model_copy(update={"repository": lineage.get("data_repository", data.repository)})
+    data = data.model_copy(update={"repository": lineage.get("data_repository", data.repository),
+                                   "prefix": lineage.get("data_prefix", data.prefix)})
     _, frame = pull(data, lineage.get("data_commit"), spec)
     gate = gate_challenger(version, champion, frame, registry, deploy, spec)
     if not gate.passed:

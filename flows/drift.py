@@ -21,7 +21,7 @@ from tasks.drift import (
 
 
 @flow(name="monitor-drift", log_prints=True)
-def monitor_drift(project: str = "fraud", data: DataConfig | None = None, registry: RegistryConfig | None = None,
+def monitor_drift(project: str, data: DataConfig | None = None, registry: RegistryConfig | None = None,
                   drift: DriftConfig | None = None, window_end: dt.datetime | None = None) -> DriftOutcome:
     """Score the last `window_hours` of logged traffic against the production model's training data.
 
@@ -33,7 +33,7 @@ def monitor_drift(project: str = "fraud", data: DataConfig | None = None, regist
     """
     spec = resolve_project(project)
     data, drift = data or spec.data, drift or spec.drift
-    registry = registry or RegistryConfig(model_name=spec.name)
+    registry = (registry or RegistryConfig()).named(spec.name)
     score, keys = score_feature(spec.task), drift.thresholds.key_features
     if drift.score_is_key and score not in keys:
         drift = drift.model_copy(update={"thresholds": drift.thresholds.model_copy(update={"key_features": [*keys,

@@ -30,7 +30,7 @@ class IngestResult(BaseModel):
 
 
 @flow(name="ingest-data", log_prints=True)
-def ingest_data(source: str, project: str = "fraud", data: DataConfig | None = None) -> IngestResult:
+def ingest_data(source: str, project: str, data: DataConfig | None = None) -> IngestResult:
     """Validate a parquet/CSV batch, pseudonymise its PII and publish it to lakeFS `main` atomically.
 
     On any validation failure nothing reaches `main`: the batch and its report are kept on
@@ -48,19 +48,19 @@ def ingest_data(source: str, project: str = "fraud", data: DataConfig | None = N
         frame = load_batch(source)
     except DataValidationError as exc:
         report = ValidationReport.unreadable(source, str(exc))
-        branch = quarantine_batch(data, batch_id, None, source, report)
+        branch = quarantine_batch(data, batch_id, None, source, report, spec)
         raise _quarantined(report, data, branch, batch_id) from exc
     report = validate_raw(frame, source, spec)
     safe = pseudonymise_batch(frame, data, spec)
     if not report.passed:
-        branch = quarantine_batch(data, batch_id, safe, source, report)
+        branch = quarantine_batch(data, batch_id, safe, source, report, spec)
         raise _quarantined(report, data, branch, batch_id)
-    staged = stage_batch(data, batch_id, safe, source, report)
+    staged = stage_batch(data, batch_id, safe, source, report, spec)
     audit = audit_batch(data, staged, spec)
     if not audit.passed:
-        branch = quarantine_batch(data, batch_id, safe, source, audit)
+        branch = quarantine_batch(data, batch_id, safe, source, audit, spec)
         raise _quarantined(audit, data, branch, batch_id)
-    commit_id = publish_batch(data, staged, source, batch_id)
+    commit_id = publish_batch(data, staged, source, batch_id, spec)
     logger.info("published %d rows of batch %s to %s/%s at %s", staged.rows, batch_id, data.repository,
                 data.branch, commit_id[:12])
     return IngestResult(batch_id=batch_id, commit_id=commit_id, rows=staged.rows)

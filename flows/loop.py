@@ -5,6 +5,9 @@ stack's process worker: a merge into main (the lakeFS action calls the webhook r
 emits `lakeloop.data.published`), and confirmed drift (`monitor-drift` emits
 `lakeloop.drift.detected`). This module publishes batches, sends traffic to the model server,
 runs `monitor-drift`, and waits for the runs the automations create, reading their results back.
+
+It drives any example project whose folder has a `generate.py` with `generate(rows, seed, drift)`
+(drift: None, "traffic" or "labelled") and, optionally, `broken(rows, seed)` (see examples/fraud).
 """
 
 from __future__ import annotations
@@ -31,18 +34,14 @@ from blocks import LakeFSConnection
 from flows.drift import monitor_drift
 from flows.ingest import ingest_data
 from flows.retrain import RetrainResult
-from lakeloop.config import DataConfig, DriftConfig
-from lakeloop.data.generate import DriftKnobs, generate_transactions
+from lakeloop.config import DataConfig
 from lakeloop.deploy import ServerClient
 from lakeloop.errors import DataValidationError, LakeloopError
+from lakeloop.project import Project, project_module
 from lakeloop.secrets import SERVING_PATH
 from tasks.drift import DriftOutcome
 
 Progress = Callable[[str], None]
-# Traffic that has moved: bigger amounts, merchants further from home, a merchant category the model never saw.
-DRIFTED = DriftKnobs(amount_shift=1.5, distance_scale=4.0, new_categories=("casino",), new_category_share=0.3)
-# The labelled batch published after the drift: the same move, in categories the schema accepts.
-NEW_DATA = DriftKnobs(amount_shift=1.0, distance_scale=3.0)
 
 
 class BatchOutcome(BaseModel):
@@ -68,23 +67,28 @@ class TriggeredRun(BaseModel):
     result: RetrainResult
 
 
-def write_sample_batches(folder: Path, rows: int, seed: int) -> tuple[Path, Path]:
-    """A good batch and a deliberately broken one (bad values, PII in free text, an unknown category)."""
+def sample(project: Project, rows: int, seed: int, drift: str | None = None):
+    """Rows from the example project's generator (`generate.py`)."""
+    return project_module(project, "generate").generate(rows, seed=seed, drift=drift)
+
+
+def write_sample_batches(folder: Path, project: Project, rows: int, seed: int) -> tuple[Path, Path | None]:
+    """A good batch and, if the example has `broken()`, one the schema must quarantine."""
     folder.mkdir(parents=True, exist_ok=True)
-    good = folder / f"transactions-seed{seed}.parquet"
-    generate_transactions(rows, seed=seed).to_parquet(good)
-    broken_frame = generate_transactions(max(rows // 10, 50), seed=seed + 1)
-    broken_frame.loc[broken_frame.index[:3], "customer_age"] = 7
-    broken_frame.loc[broken_frame.index[5], "merchant_note"] = "refund to jane.doe@example.org"
-    broken_frame.loc[broken_frame.index[8:10], "merchant_category"] = "casino"
-    broken = folder / f"transactions-seed{seed + 1}-broken.csv"
-    broken_frame.to_csv(broken, index=False)
+    good = folder / f"{project.name}-seed{seed}.parquet"
+    sample(project, rows, seed).to_parquet(good)
+    generator = project_module(project, "generate")
+    if not hasattr(generator, "broken"):
+        return good, None
+    broken = folder / f"{project.name}-seed{seed + 1}-broken.csv"
+    generator.broken(max(rows // 10, 50), seed=seed + 1).to_csv(broken, index=False)
     return good, broken
 
 
-def publish(source: Path, data: DataConfig) -> BatchOutcome:
-    """Run ingest-data on one batch: published to main, or quarantined with its problems."""
-    state = ingest_data(str(source), data=data, return_state=True)
+def publish(source: Path, project: Project) -> BatchOutcome:
+    """Run ingest-data on one batch: published to the project's branch, or quarantined with its problems."""
+    data = project.data
+    state = ingest_data(str(source), project=project.root, return_state=True)
     if state.is_completed():
         result = state.result()
         detail = "already published" if result.already_published else f"{result.rows} rows published"
@@ -99,9 +103,10 @@ def publish(source: Path, data: DataConfig) -> BatchOutcome:
                         rows=context.get("rows", 0), problems=context.get("problems", []))
 
 
-def request_retrain(webhook_url: str, token: str, reason: str) -> None:
+def request_retrain(webhook_url: str, token: str, project: str, reason: str) -> None:
     """Ask for retraining as a CI system does (POST /hooks/retrain): for data that was already published."""
-    answer = httpx.post(f"{webhook_url}/hooks/retrain", json={"reason": reason, "requested_by": "make run"},
+    answer = httpx.post(f"{webhook_url}/hooks/retrain",
+                        json={"project": project, "reason": reason, "requested_by": "make run"},
                         headers={"Authorization": f"Bearer {token}"}, timeout=30)
     if answer.status_code != 202:
         raise LakeloopError(f"the webhook receiver at {webhook_url} refused the retrain request: "
@@ -109,7 +114,7 @@ def request_retrain(webhook_url: str, token: str, reason: str) -> None:
 
 
 def wait_for_triggered_run(since: dt.datetime, ui_url: str, progress: Progress, seen: set[str],
-                           deployment: str = "retrain/retrain", timeout: float = 900) -> TriggeredRun:
+                           deployment: str, timeout: float = 900) -> TriggeredRun:
     """Wait for the next run of `deployment` created after `since`, follow it to the end, read its result."""
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
@@ -128,6 +133,20 @@ def wait_for_triggered_run(since: dt.datetime, ui_url: str, progress: Progress, 
                                         f"({ui_url}/automations)?")
                 time.sleep(0.5)
         seen.add(str(run.id))
+    return follow_run(run.id, ui_url, progress, deadline - time.monotonic())
+
+
+def follow_run(run_id, ui_url: str, progress: Progress, timeout: float = 900) -> TriggeredRun:
+    """Follow a run to its end, printing its state and stage as they change; read its result.
+
+    Raises:
+        LakeloopError: the run ended in any state but Completed, or did not end within `timeout` s.
+    """
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+        flow = client.read_flow(run.flow_id).name
+        deployment = f"{flow}/{client.read_deployment(run.deployment_id).name}" if run.deployment_id else flow
         url = f"{ui_url}/runs/flow-run/{run.id}"
         reason = run.parameters.get("reason", "")
         progress(f"{deployment} run {run.name} started by {_creator(run)} ({reason}): {url}")
@@ -175,16 +194,13 @@ def serving_key(data: DataConfig) -> str:
     return LakeFSConnection.load(data.lakefs_block).vault.client().read_key(SERVING_PATH, "api_keys").split(",")[0]
 
 
-def send_traffic(url: str, key: str, seed: int, drift: DriftKnobs | None = None,
+def send_traffic(url: str, key: str, project: Project, seed: int, drift: str | None = None,
                  shapes: tuple[tuple[int, int], ...] = ((1, 500), (64, 100))) -> list[dict]:
     """Fresh rows through the V2 endpoint, as a client sends them; waits until the server has logged them."""
-    frame = generate_transactions(20_000, seed=seed, drift=drift)
+    frame = sample(project, 20_000, seed, drift)
     before = logged_rows(url, key)
-    client = ServerClient(url, "fraud", key)
-    try:
+    with ServerClient(url, project.name, key) as client:
         figures = [client.traffic(frame, batch, requests) for batch, requests in shapes]
-    finally:
-        client.close()
     expected = before + sum(batch * requests for batch, requests in shapes)
     deadline = time.monotonic() + 60
     while logged_rows(url, key) < expected:  # the server writes its inference logs to lakeFS every 2 s
@@ -204,12 +220,12 @@ def logged_rows(url: str, key: str) -> int:
     return int(found.group(1)) if found else 0
 
 
-def check_drift(since: dt.datetime, state_dir: Path, data: DataConfig) -> DriftOutcome:
+def check_drift(since: dt.datetime, state_dir: Path, project: Project) -> DriftOutcome:
     """monitor-drift over the traffic served since `since` (the hourly schedule does the same per hour)."""
     now = dt.datetime.now(dt.UTC)
     hours = max((now - since).total_seconds(), 1) / 3600
-    config = DriftConfig(window_hours=hours, work_root=str(state_dir / "drift"))
-    return monitor_drift(data=data, drift=config, window_end=now)
+    config = project.drift.model_copy(update={"window_hours": hours, "work_root": str(state_dir / "drift")})
+    return monitor_drift(project=project.root, drift=config, window_end=now)
 
 
 def utcnow() -> dt.datetime:

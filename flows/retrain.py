@@ -27,14 +27,14 @@ class RetrainResult(BaseModel):
 
 # The result is persisted so that whoever started the run (`lakeloop demo`, a script) can read it back.
 @flow(name="retrain", log_prints=True, persist_result=True)
-def retrain(project: str = "fraud", data: DataConfig | None = None, training: TrainingConfig | None = None,
+def retrain(project: str, data: DataConfig | None = None, training: TrainingConfig | None = None,
             compression: CompressionConfig | None = None, registry: RegistryConfig | None = None,
             deploy: DeployConfig | None = None, ref: str | None = None, reason: str = "manual") -> RetrainResult:
     """Train the project's model on the data at `ref` (default: the published branch), compress, register,
     and deploy behind the champion gate. `reason` records what started it (drift, new data, a person)."""
     spec = resolve_project(project)
     data = data or spec.data
-    registry = registry or RegistryConfig(model_name=spec.name)
+    registry = (registry or RegistryConfig()).named(spec.name)
     get_run_logger().info("retraining %s on %s@%s (%s)", spec.name, data.repository, ref or data.branch, reason)
     run = train_model(project=project, data=data, training=training, ref=ref)
     report = compress_model(run, data=data, compression=compression)

@@ -11,7 +11,7 @@ from tasks.training import TrainResult, prepare_training, publish_training_repor
 
 
 @flow(name="train-model", log_prints=True)
-def train_model(project: str = "fraud", data: DataConfig | None = None, training: TrainingConfig | None = None,
+def train_model(project: str, data: DataConfig | None = None, training: TrainingConfig | None = None,
                 ref: str | None = None) -> TrainResult:
     """Pull the project's dataset at `ref` (default: the published branch), pin its commit, train, report.
 

@@ -32,7 +32,7 @@ class DataConfig(BaseModel):
 
     repository: str = Field("lakeloop-data", description="lakeFS repository of the dataset.")
     branch: str = Field("main", description="Published branch: only validated data is merged here.")
-    prefix: str = Field("transactions", description="Path prefix of the dataset's parquet parts.")
+    prefix: str = Field("data", description="Path prefix of the dataset's parquet parts.")
     storage_namespace: str | None = Field(
         None, description="Storage namespace used if the repository must be created "
                           "(default local://lakeloop/<repository>; e.g. s3://bucket/path on a real lakeFS).")
@@ -49,7 +49,8 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(5, ge=1, le=1000, description="Passes over the training split.")
-    global_batch_size: int = Field(512, ge=1, description="Batch size summed over all processes.")
+    global_batch_size: int = Field(512, ge=1, description="Batch size summed over all processes (at most an eighth "
+                                                          "of the training rows, so small tables train too).")
     learning_rate: float = Field(3e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     pos_weight: float = Field(1.0, gt=0, description="Binary: loss weight of the positive class (e.g. 5 for a "
@@ -103,9 +104,13 @@ class RegistryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     repository: str = Field("lakeloop-models", description="lakeFS repository of the model registry.")
-    model_name: str = Field("fraud", description="Registered model name.")
+    model_name: str = Field("", description="Registered model name (default: the project's name).")
     storage_namespace: str | None = Field(None, description="Used if the repository must be created.")
     lakefs_block: str = Field("lakeloop-lakefs", description="LakeFSConnection block (its Vault signs manifests).")
+
+    def named(self, project: str) -> RegistryConfig:
+        """This registry with the project's name as the model name, unless one is set."""
+        return self if self.model_name else self.model_copy(update={"model_name": project})
 
 
 class DeployConfig(BaseModel):

@@ -229,25 +229,48 @@ class ServerClient:
                                   f"(max abs difference {worst:.2e} > {atol:.0e})")
 
     def traffic(self, frame: pd.DataFrame, batch: int, requests: int) -> dict:
-        """Send `requests` V2 requests of `batch` rows each, one after another; latency as the client sees it."""
-        inputs = self._call("GET", f"/v2/models/{self.model}").json()["inputs"]
-        latencies, flagged, version = [], 0, ""
+        """Send `requests` V2 requests of `batch` rows each, one after another; latency as the client sees it.
+
+        `answers` sums up what the model said: rows per predicted class, or the mean prediction.
+        """
+        metadata = self._call("GET", f"/v2/models/{self.model}").json()
+        names = [o["name"] for o in metadata["outputs"]]
+        output = "label" if "label" in names else names[0]
+        latencies, answers, version = [], [], ""
         started = time.perf_counter()
         for i in range(requests):
             start = (i * batch) % max(len(frame) - batch, 1)
             rows = frame.iloc[start:start + batch]
             sent = time.perf_counter()
-            version, scores = self.infer(rows, inputs)
+            version, values = self.infer(rows, metadata["inputs"], output=output)
             latencies.append(time.perf_counter() - sent)
-            flagged += int(np.sum(scores >= 0.5))
+            answers.append(values.reshape(-1))
         elapsed = time.perf_counter() - started
         p50, p99 = np.percentile(latencies, [50, 99]) * 1000
-        return {"batch": batch, "requests": requests, "version": version, "flagged": flagged,
+        return {"batch": batch, "requests": requests, "version": version,
+                "answers": _summary(np.concatenate(answers), output, metadata.get("parameters", {})),
                 "p50_ms": float(p50), "p99_ms": float(p99),
                 "requests_per_s": requests / elapsed, "rows_per_s": requests * batch / elapsed}
 
     def close(self) -> None:
         self._http.close()
+
+    def __enter__(self) -> ServerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _summary(values: np.ndarray, output: str, parameters: dict) -> str:
+    """Rows per predicted class (most frequent first, class names from the model's metadata), or the mean."""
+    if output != "label":
+        return f"mean {output} {float(np.mean(values)):.4g}"
+    classes = parameters.get("classes") or []
+    index, counts = np.unique(values.astype(np.int64), return_counts=True)
+    order = np.argsort(-counts)
+    return ", ".join(f"{classes[i] if 0 <= i < len(classes) else i}: {c}" for i, c in
+                     zip(index[order][:4].tolist(), counts[order][:4].tolist(), strict=True))
 
 
 def _error(answer: httpx.Response) -> str:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
+
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -10,13 +15,12 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 
 from blocks import LakeFSConnection
-from lakeloop.config import DataConfig
+from lakeloop.config import DataConfig, state_path
 from lakeloop.data import ValidationReport, pseudonymise, read_batch, validate_batch
 from lakeloop.data import _wap as wap
 from lakeloop.errors import ConfigError, DataValidationError, LakeFSUnreachableError
-from lakeloop.events import DATA_PUBLISHED, event_id, lakefs_key
-from lakeloop.project import Project, project_schemas
-from lakeloop.schemas import SCHEMA_VERSION
+from lakeloop.events import DATA_PUBLISHED, data_resource, event_id, lakefs_key
+from lakeloop.project import Project, project_documents, project_schemas
 from lakeloop.secrets import PII_PATH
 
 LAKEFS_RETRY_DELAYS = [1, 2, 4]
@@ -68,8 +72,11 @@ def pseudonymise_batch(frame: pd.DataFrame, config: DataConfig, project: Project
     return pseudonymise(frame, bytes.fromhex(key), project.pii_columns)
 
 
-def _metadata(source: str, batch_id: str) -> dict[str, str]:
-    return {"source": source, "batch_id": batch_id, "schema_version": SCHEMA_VERSION,
+def _metadata(source: str, batch_id: str, project: Project) -> dict[str, str]:
+    """Provenance on every ingest commit: the batch, the run, and the project file and schema it was checked with."""
+    documents = project_documents(project)
+    return {"source": source, "batch_id": batch_id, "project": project.name,
+            "project_sha256": documents["project"]["sha256"], "schema_sha256": documents["schema"]["sha256"],
             "flow_run_id": str(flow_run.get_id() or ""), "pipeline": "lakeloop.ingest-data"}
 
 
@@ -85,11 +92,11 @@ def check_published(config: DataConfig, batch_id: str) -> str | None:
 
 @task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
 def stage_batch(config: DataConfig, batch_id: str, frame: pd.DataFrame, source: str,
-                report: ValidationReport) -> wap.StagedBatch:
+                report: ValidationReport, project: Project) -> wap.StagedBatch:
     """Write the batch and its report to `ingest-<batch>` and commit with provenance metadata."""
     client = _connection(config).client()
     return wap.stage_batch(client, config.repository, config.branch, batch_id, frame,
-                           wap.data_path(config.prefix, batch_id), _metadata(source, batch_id), report)
+                           wap.data_path(config.prefix, batch_id), _metadata(source, batch_id, project), report)
 
 
 @task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
@@ -105,15 +112,13 @@ def audit_batch(config: DataConfig, staged: wap.StagedBatch, project: Project) -
 
 
 @task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
-def publish_batch(config: DataConfig, staged: wap.StagedBatch, source: str, batch_id: str) -> str:
+def publish_batch(config: DataConfig, staged: wap.StagedBatch, source: str, batch_id: str, project: Project) -> str:
     """Merge the audited batch into the published branch atomically and announce it."""
     client = _connection(config).client()
-    commit_id = wap.publish(client, staged, config.branch, _metadata(source, batch_id))
+    commit_id = wap.publish(client, staged, config.branch, _metadata(source, batch_id, project))
     emit_event(
         event=DATA_PUBLISHED, id=event_id(lakefs_key(config.repository, commit_id)),
-        resource={"prefect.resource.id": f"lakefs.{config.repository}.{config.branch}",
-                  "prefect.resource.name": f"{config.repository}/{config.branch}",
-                  "lakefs.repository": config.repository, "lakefs.branch": config.branch},
+        resource=data_resource(config.repository, config.branch, project.name),
         payload={"commit_id": commit_id, "batch_id": batch_id, "rows": staged.rows, "source": source,
                  "path": staged.path, "content_sha256": staged.content_sha256},
     )
@@ -122,26 +127,42 @@ def publish_batch(config: DataConfig, staged: wap.StagedBatch, source: str, batc
 
 @task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
 def quarantine_batch(config: DataConfig, batch_id: str, frame: pd.DataFrame | None, source: str,
-                     report: ValidationReport) -> str:
+                     report: ValidationReport, project: Project) -> str:
     """Keep the failed batch (PII pseudonymised) and its report on `quarantine-<batch>`."""
     client = _connection(config).client()
     return wap.quarantine(client, config.repository, config.branch, batch_id, frame,
-                          wap.data_path(config.prefix, batch_id), report, _metadata(source, batch_id))
+                          wap.data_path(config.prefix, batch_id), report, _metadata(source, batch_id, project))
 
 
 @task(retries=3, retry_delay_seconds=LAKEFS_RETRY_DELAYS, retry_condition_fn=_unreachable, cache_policy=NO_CACHE)
 def pull(config: DataConfig, ref: str | None, project: Project) -> tuple[str, pd.DataFrame]:
     """Read the dataset at any ref (branch, tag or commit): returns (commit id, frame validated against the
-    project's published schema).
+    project's published schema). The stages of a retrain (training, compression, the deploy gate) pull
+    the same commit: the first reads it from lakeFS, the others from the cache under the state dir.
 
     The ref is resolved to a commit id first and the data is read at that commit, so the frame and
     the id always match even if the branch moves meanwhile. Later stages pin this commit id.
     """
     client = _connection(config).client()
     commit_id = wap.resolve_commit(client, config.repository, ref or config.branch)
+    cached = _pulled(config, commit_id, project)
+    if cached.is_file():  # a commit never changes: read and validated once, by any stage of any run
+        return commit_id, pd.read_parquet(cached)
     frame = wap.read_dataset(client, config.repository, commit_id, config.prefix)
     report = validate_batch(frame, project_schemas(project).published, f"{config.repository}@{commit_id[:12]}",
                             sensitive=set(project.pii_columns), label=project.label.column)
     if not report.passed:
         raise DataValidationError(report.summary(), commit_id=commit_id)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.tmp")
+    frame.to_parquet(partial)
+    os.replace(partial, cached)  # whole or absent: a reader never sees half a file
     return commit_id, frame
+
+
+def _pulled(config: DataConfig, commit_id: str, project: Project) -> Path:
+    """Where the validated frame of `prefix` at a commit is kept: keyed by the commit id and by what it was
+    validated against (the schema and the PII treatments), so a cached frame is never stale."""
+    schema = project_documents(project)["schema"]["sha256"]
+    key = hashlib.sha256(json.dumps([config.prefix, schema, project.pii_columns]).encode()).hexdigest()[:16]
+    return Path(state_path("cache")) / "data" / config.repository / commit_id / f"{key}.parquet"

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from blocks import LakeFSConnection
 from lakeloop import deploy as d
 from lakeloop.config import DeployConfig, RegistryConfig
+from lakeloop.events import model_resource
 from lakeloop.project import Project
 from lakeloop.registry import Registry
 from lakeloop.secrets import SERVING_PATH
@@ -114,21 +115,15 @@ def _restore_alias(txn: Transaction) -> None:
 @task(cache_policy=NO_CACHE)
 def switch_server(registry: RegistryConfig, deploy: DeployConfig, version: int) -> None:
     """Make the server load the alias's new version now, and wait until it serves it."""
-    server = _server(registry, deploy)
-    try:
+    with _server(registry, deploy) as server:
         server.reload(str(version), timeout=deploy.swap_timeout)
-    finally:
-        server.close()
 
 
 @switch_server.on_rollback
 def _reload_previous(txn: Transaction) -> None:
     registry, deploy, before = txn.get("registry"), txn.get("deploy"), txn.get("previous")
-    server = _server(registry, deploy)
-    try:  # with nothing served before this deploy, the server stops serving (not ready)
+    with _server(registry, deploy) as server:  # with nothing served before this deploy, the server stops serving
         server.reload(None if before is None else str(before), timeout=deploy.swap_timeout)
-    finally:
-        server.close()
 
 
 @task(cache_policy=NO_CACHE)
@@ -137,19 +132,15 @@ def smoke_test(registry: RegistryConfig, deploy: DeployConfig, version: int, fra
     """Test rows through the public V2 endpoint: the new version must answer, as the registry's file does."""
     rows = d.test_rows(frame, project.id).head(deploy.smoke_rows)
     expected = d.score(_model_file(registry, deploy, version), rows)
-    server = _server(registry, deploy)
-    try:
+    with _server(registry, deploy) as server:
         server.smoke(rows, str(version), expected)
-    finally:
-        server.close()
     return len(rows)
 
 
 def announce(event: str, registry: RegistryConfig, alias: str, version: int, previous: int | None,
              detail: str) -> None:
     emit_event(event=event,
-               resource={"prefect.resource.id": f"lakeloop.model.{registry.repository}.{registry.model_name}",
-                         "prefect.resource.name": registry.model_name, "lakeloop.registry": registry.repository},
+               resource=model_resource(registry.repository, registry.model_name),
                payload={"version": version, "previous": previous, "alias": alias, "detail": detail})
 
 

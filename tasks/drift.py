@@ -22,6 +22,7 @@ from lakeloop.drift import DriftReport, Reference
 from lakeloop.drift import _window as logs
 from lakeloop.drift._decide import decide
 from lakeloop.drift._plots import plot_features
+from lakeloop.events import DRIFT_DETECTED, model_resource
 from lakeloop.modeling.features import FeatureSpec, split_of
 from lakeloop.project import Project
 
@@ -89,7 +90,7 @@ def drift_reference(registry: RegistryConfig, data: DataConfig, drift: DriftConf
     spec = FeatureSpec.from_json((model_dir / "torch" / "features.json").read_text())
     lineage = manifest.get("lineage", {})
     frame = wap.read_dataset(connection.client(), lineage.get("data_repository", data.repository),
-                             lineage["data_commit"], data.prefix)
+                             lineage["data_commit"], lineage.get("data_prefix", data.prefix))
     train = frame[split_of(frame, spec.id_column) == "train"]
     if len(train) > drift.reference_rows:
         train = train.sample(drift.reference_rows, random_state=0)
@@ -189,9 +190,7 @@ def record_decision(report: DriftReport, reference: Reference, window: dict[str,
     commit = logs.save_report(client, data.repository, drift.logs_branch, model, end, record, plots)
     _artifacts(report, reason, status, why, model, version, start, end)
     if emit:
-        emit_event(event="lakeloop.drift.detected",
-                   resource={"prefect.resource.id": f"lakeloop.model.{registry.repository}.{model}",
-                             "prefect.resource.name": model, "lakeloop.registry": registry.repository},
+        emit_event(event=DRIFT_DETECTED, resource=model_resource(registry.repository, model),
                    payload={"version": version, "data_repository": lineage.get("data_repository", data.repository),
                             "data_ref": data.branch, "reference_commit": lineage.get("data_commit"),
                             "drifted": report.drifted + (["performance"] if performance and performance.degraded

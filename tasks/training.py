@@ -24,6 +24,7 @@ class TrainResult(BaseModel):
     task: str
     primary_metric: str
     data_repository: str
+    data_prefix: str
     data_commit: str
     test_metrics: dict[str, float]
     history: list[dict[str, float]]
@@ -57,7 +58,8 @@ def train_with_torchrun(project: Project, workdir: str, training: TrainingConfig
     record_lineage(Path(workdir), metrics=result["test_metrics"], history=result["history"],
                    world_size=result["world_size"], precision=result["precision"])
     return TrainResult(workdir=workdir, project=project.name, task=project.task,
-                       primary_metric=project.primary_metric, data_repository=data.repository, data_commit=commit_id,
+                       primary_metric=project.primary_metric, data_repository=data.repository, data_prefix=data.prefix,
+                       data_commit=commit_id,
                        test_metrics={k: float(v) for k, v in result["test_metrics"].items()},
                        history=result["history"], resumed=result["resumed"], world_size=result["world_size"])
 

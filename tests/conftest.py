@@ -20,6 +20,14 @@ import pytest
 from lakeloop.devstack import _proc
 from lakeloop.devstack.lakefs import start_process
 
+
+def pytest_configure(config) -> None:
+    """Flows run in the tests keep their files (training runs, the pull cache) in a fresh state dir, never in
+    the checkout's .lakeloop."""
+    import tempfile
+
+    os.environ.setdefault("LAKELOOP_STATE_DIR", tempfile.mkdtemp(prefix="lakeloop-tests-state-"))
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -47,3 +47,26 @@ def test_cli_imports_flows_and_blocks_only_inside_commands():
             elif isinstance(node, ast.Import):
                 names |= {a.name.split(".")[0] for a in node.names}
         assert not names & {"flows", "tasks", "blocks", "prefect", "torch"}, path
+
+
+def test_the_library_names_no_dataset():
+    """Projects declare their data: no column, label or schema of an example project appears in the code
+    of lakeloop, flows, tasks or blocks (the examples live in examples/)."""
+    import yaml
+
+    names = set()
+    for project_file in (ROOT / "examples").glob("*/lakeloop.yaml"):
+        spec = yaml.safe_load(project_file.read_text())
+        names |= {spec["label"]["column"], *(f["name"] for f in spec["features"]),
+                  *(p["column"] for p in spec.get("pii", [])), spec["schema"].split(":")[-1]}
+        names |= {spec["id"]} if spec.get("id") else set()
+    # one-word names (amount, price, store, category) are also plain English and the library's own words
+    names = {n for n in names if "_" in n or n[0].isupper()}
+    assert {"is_fraud", "merchant_category", "units_sold", "RawTransactionsSchema"} <= names  # the examples are read
+    found = []
+    for package in ("lakeloop", "flows", "tasks", "blocks"):
+        for path in (ROOT / package).rglob("*.py"):
+            text = path.read_text()
+            found += [f"{path.relative_to(ROOT)}: {name}" for name in sorted(names)
+                      if f'"{name}"' in text or f"'{name}'" in text]
+    assert found == []

@@ -1,6 +1,7 @@
-"""The README's examples name things that exist: every `lakeloop` command line's command and options,
-every `make` target, and every name a Python example imports. (Running them needs the stack: the
-tests of each part run the same calls.)"""
+"""The README's and the guide's (docs/) examples name things that exist: every `lakeloop` command line's
+command and options, every `make` target, and every name a Python example imports; and the guide builds
+with `mkdocs build --strict`. (Running them needs the stack: the tests of each part run the same
+calls; the quickstart's are run by tests/cli/test_dev_stack.py.)"""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from typer.testing import CliRunner
 from lakeloop.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, re.S)
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [block for page in DOCS for block in re.findall(r"```(\w*)\n(.*?)```", page.read_text(), re.S)]
 
 
 def command_lines() -> list[str]:
@@ -36,7 +37,7 @@ def test_every_lakeloop_command_line_uses_real_commands_and_options():
             continue
         command = [w for w in words[1:] if not w.startswith("-")]
         helped = None
-        for depth in range(len(command), 0, -1):  # the longest prefix that is a command
+        for depth in range(len(command), -1, -1):  # the longest prefix that is a command (0: `lakeloop` itself)
             result = runner.invoke(app, [*command[:depth], "--help"], env={"COLUMNS": "200"})
             if result.exit_code == 0:
                 helped = result.output
@@ -69,3 +70,21 @@ def test_python_examples_import_real_names():
                 assert hasattr(loaded, name), f"README: {module} has no {name}"
                 imports += 1
     assert imports >= 5
+
+
+def test_the_guide_builds_strictly(tmp_path):
+    import subprocess
+    import sys
+
+    built = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120, env={"NO_MKDOCS_2_WARNING": "1",
+                                                                                       "PATH": "/usr/bin:/bin"})
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert (tmp_path / "site" / "quickstart" / "index.html").is_file()
+
+
+def test_readme_links_point_at_pages_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\((docs/[\w./-]+\.md)\)", readme)
+    assert len(links) >= 15
+    assert [link for link in links if not (ROOT / link).is_file()] == []

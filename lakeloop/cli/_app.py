@@ -37,6 +37,53 @@ StateDir = Annotated[Path, typer.Option("--state-dir", envvar="LAKELOOP_STATE_DI
 DEFAULT_STATE = Path(".lakeloop")
 
 
+def state_path(*parts: str) -> Path:
+    """A path under the state directory (LAKELOOP_STATE_DIR, default .lakeloop): the default of the long-running
+    services' own files, so a shell pointed at a stack (`source .lakeloop/env`) writes beside it."""
+    return Path(os.environ.get("LAKELOOP_STATE_DIR") or DEFAULT_STATE, *parts)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from lakeloop import __version__
+
+        out.print(f"lakeloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """lakeloop: the MLOps loop on lakeFS, Prefect, Vault and ONNX Runtime."""
+
+
+@dev.command("credentials")
+def dev_credentials(
+    which: Annotated[str, typer.Argument(help="serving (an API key of the model server) or webhook (the "
+                                              "receiver's bearer token).")],
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Print a credential of the running dev stack, read from Vault with that consumer's own AppRole: what a
+    client of the model server ($KEY) or a CI system calling the webhook ($TOKEN) is given.
+
+        KEY=$(lakeloop dev credentials serving); TOKEN=$(lakeloop dev credentials webhook)
+    """
+    from lakeloop.devstack import stack
+    from lakeloop.secrets import SERVING_PATH, WEBHOOK_PATH, VaultClient
+    from lakeloop.serving import vault_settings
+
+    paths = {"serving": (SERVING_PATH, "api_keys"), "webhook": (WEBHOOK_PATH, "token")}
+    if which not in paths:
+        raise LakeloopError(f"unknown credential {which!r}: expected serving or webhook")
+    services = stack.running(state_dir.resolve())
+    if "vault" not in services:
+        raise LakeloopError(f"the embedded stack is not running in {state_dir}: start it with `lakeloop dev up`")
+    approle = state_dir.resolve() / "vault" / f"{which}.approle.json"
+    path, key = paths[which]
+    value = VaultClient(vault_settings(services["vault"].url, approle_file=str(approle))).read_key(path, key)
+    out.print(value.split(",")[0], highlight=False, soft_wrap=True)
+
+
 @dev.command("lakefs")
 def dev_lakefs(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
@@ -66,28 +113,47 @@ def _register_blocks(services, creds) -> None:
                     creds["pipeline"])
 
 
-def _stack_up(state_dir: Path, schedules: bool = False) -> dict:
+def _stack_up(state_dir: Path) -> dict:
     from lakeloop.devstack import stack
 
     with console.status("starting the embedded stack ..."):
-        services = stack.up(state_dir, log=lambda m: console.print(f"  {m}"), on_ready=_register_blocks,
-                            schedules=schedules)
+        services = stack.up(state_dir, log=lambda m: console.print(f"  {m}"), on_ready=_register_blocks)
     return services
+
+
+def add_projects(state_dir: Path, folders: list[str], schedules: bool) -> None:
+    """`lakeloop project add` for each folder, on the running stack."""
+    from lakeloop.devstack import stack
+    from lakeloop.project import resolve_project
+
+    for folder in folders:
+        project = resolve_project(folder)
+        with console.status(f"adding project {project.name} ..."):
+            stack.add_project(state_dir, project, schedules, log=lambda m: console.print(f"  {m}", highlight=False))
+
+
+Schedules = Annotated[bool, typer.Option(
+    "--schedules/--no-schedules", help="Leave the project's cron schedules (hourly monitor-drift) active; by "
+    "default they are deployed paused, so nothing fires unless asked for.")]
+ProjectDirs = Annotated[list[str] | None, typer.Option(
+    "--project", help="A project folder (lakeloop.yaml) to add once the stack is up (repeatable).")]
 
 
 @dev.command("up")
 def dev_up(
     state_dir: StateDir = DEFAULT_STATE,
-    schedules: Annotated[bool, typer.Option(
-        "--schedules/--no-schedules", help="Leave the deployments' cron schedules (hourly monitor-drift) active; "
-        "by default they are deployed paused, so nothing fires unless asked for.")] = False,
+    project: ProjectDirs = None,
+    schedules: Schedules = False,
 ) -> None:
-    """Start the stack on localhost, deploy the flows, install the retrain action; state under --state-dir.
+    """Start the stack on localhost, with all state under --state-dir; add the --project folders to it.
 
     Starts the Prefect server (UI), OpenBao (Vault, bootstrapped with one AppRole per consumer), the
-    lakeFS-compatible server, the model server, the webhook receiver and a process worker.
+    lakeFS-compatible server, the model server (every project's production model), the webhook
+    receiver (lakeFS actions and CI retrain requests) and a process worker. Projects join with
+    `--project DIR` here or `lakeloop project add DIR` later.
     """
-    _stack_up(state_dir, schedules)
+    _stack_up(state_dir)
+    add_projects(state_dir, project or [], schedules)
     _print_status(state_dir)
     console.print(f"Point a shell at it with: [bold]source {state_dir / 'env'}[/]")
 
@@ -118,21 +184,38 @@ def dev_status(state_dir: StateDir = DEFAULT_STATE) -> None:
     raise typer.Exit(0 if _print_status(state_dir) else 1)
 
 
+ProjectDir = Annotated[str, typer.Option("--project", help="The project: its folder (lakeloop.yaml), or its name "
+                                                          "under LAKELOOP_PROJECTS or examples/.")]
+
+
 @data.command("generate")
 def data_generate(
     output: Annotated[Path, typer.Argument(help="File to write (.parquet or .csv).")],
+    project: ProjectDir,
     rows: Annotated[int, typer.Option(min=1, help="Number of rows.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same rows.")] = 0,
+    drift: Annotated[str | None, typer.Option(help="A drifted sample, as the generator names them (the "
+                                                   "examples: traffic, labelled).")] = None,
 ) -> None:
-    """Write a sample batch of card transactions."""
-    from lakeloop.data.generate import generate_transactions
+    """Write a sample batch from an example project's generator (its generate.py)."""
+    from lakeloop.project import project_module, resolve_project
 
     if output.suffix not in (".parquet", ".csv"):
         raise LakeloopError(f"invalid output {output}: expected a .parquet or .csv file name")
-    frame = generate_transactions(rows, seed=seed)
+    spec = resolve_project(project)
+    generator = project_module(spec, "generate")
+    drifts = getattr(generator, "DRIFTS", {})
+    if drift is not None and drift not in drifts:
+        raise LakeloopError(f"invalid --drift {drift!r}: {spec.name}'s generator knows "
+                            f"{', '.join(drifts) or 'no drifted samples'}")
+    frame = generator.generate(rows, seed=seed, drift=drift)
     output.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(output) if output.suffix == ".parquet" else frame.to_csv(output, index=False)
-    out.print(f"wrote {rows} rows to {output} (fraud rate {frame['is_fraud'].mean():.2%})")
+    label = spec.label.column
+    detail = (f"mean {label} {frame[label].mean():.4g}" if spec.task == "regression" else
+              f"{label}: " + ", ".join(f"{k} {v:.1%}" for k, v in frame[label].value_counts(normalize=True)
+                                       .head(4).items()))
+    out.print(f"wrote {rows} rows of {spec.name} to {output} ({detail})")
 
 
 @contextmanager
@@ -204,22 +287,30 @@ def _drain_prefect() -> None:
 @data.command("ingest")
 def data_ingest(
     source: Annotated[Path, typer.Argument(help="Batch file (.parquet or .csv).")],
-    repository: Annotated[str, typer.Option(help="lakeFS data repository.")] = "lakeloop-data",
+    project: ProjectDir,
     state_dir: StateDir = DEFAULT_STATE,
 ) -> None:
-    """Run the ingest-data flow on one batch: published to main, or quarantined with a report."""
+    """Run the ingest-data flow on one batch: validated against the project's schema, PII treated, and
+    published to its data branch (which starts the project's retrain), or quarantined with a report."""
     from flows.ingest import ingest_data
-    from lakeloop.config import DataConfig
+    from lakeloop.project import resolve_project
 
+    spec = resolve_project(project)
+    if not source.is_file():
+        raise LakeloopError(f"{source}: no such file")
     with _prefect_api(state_dir):
-        state = ingest_data(str(source), data=DataConfig(repository=repository), return_state=True)
+        state = ingest_data(str(source.resolve()), project=spec.root, return_state=True)
     if not state.is_completed():
         raise LakeloopError(str(state.result(raise_on_failure=False)))
     result = state.result()
-    out.print(f"published {result.rows} rows (batch {result.batch_id}) at commit {result.commit_id}")
+    where = f"{spec.data.repository}/{spec.data.branch}"
+    if result.already_published:
+        out.print(f"batch {result.batch_id} was already published to {where} at commit {result.commit_id}")
+    else:
+        out.print(f"published {result.rows} rows (batch {result.batch_id}) to {where} at commit {result.commit_id}")
 
 
-ModelName = Annotated[str, typer.Option("--name", help="Registered model name.")]
+ModelName = Annotated[str, typer.Option("--name", help="Registered model name (the project's name).")]
 RegistryRepo = Annotated[str, typer.Option("--registry", help="lakeFS repository of the registry.")]
 
 
@@ -238,7 +329,7 @@ def _actor() -> str:
 
 
 @models.command("list")
-def models_list(name: ModelName = "fraud", registry: RegistryRepo = "lakeloop-models",
+def models_list(name: ModelName, registry: RegistryRepo = "lakeloop-models",
                 state_dir: StateDir = DEFAULT_STATE) -> None:
     """Every version with its aliases, registration time and primary metric."""
     from lakeloop.registry import ALIASES
@@ -246,17 +337,19 @@ def models_list(name: ModelName = "fraud", registry: RegistryRepo = "lakeloop-mo
     with _registry(state_dir, registry) as reg:
         versions = reg.versions(name)
         aliases = {a: reg.alias(name, a) for a in ALIASES}
-        table = Table("version", "aliases", "variant", "registered", "PR AUC", title=f"{name} in {registry}")
+        table = Table("version", "aliases", "variant", "registered", "test metric", title=f"{name} in {registry}")
         for v in versions:
             manifest = reg.manifest(name, v)
             tags = ", ".join(a for a, target in aliases.items() if target == v)
+            metric = manifest.get("project", {}).get("primary_metric", "")
+            value = manifest.get("metrics", {}).get(metric)
             table.add_row(f"v{v}", tags, manifest.get("variant", ""), manifest["registered_at"],
-                          f"{manifest.get('metrics', {}).get('pr_auc', float('nan')):.4f}")
+                          f"{metric} {value:.4f}" if isinstance(value, float) else "-")
     out.print(table if versions else f"{name} has no versions in {registry}")
 
 
 @models.command("show")
-def models_show(version: Annotated[int, typer.Argument(help="Version number.")], name: ModelName = "fraud",
+def models_show(version: Annotated[int, typer.Argument(help="Version number.")], name: ModelName,
                 registry: RegistryRepo = "lakeloop-models", state_dir: StateDir = DEFAULT_STATE) -> None:
     """The verified manifest of one version (signature checked)."""
     import json
@@ -266,7 +359,7 @@ def models_show(version: Annotated[int, typer.Argument(help="Version number.")],
 
 
 @models.command("lineage")
-def models_lineage(name: ModelName = "fraud", alias: Annotated[str, typer.Option(help="Alias to explain.")] =
+def models_lineage(name: ModelName, alias: Annotated[str, typer.Option(help="Alias to explain.")] =
                    "production", registry: RegistryRepo = "lakeloop-models",
                    state_dir: StateDir = DEFAULT_STATE) -> None:
     """Where did this model come from: data commit, code version, config, metrics, who promoted it."""
@@ -290,7 +383,7 @@ def models_lineage(name: ModelName = "fraud", alias: Annotated[str, typer.Option
 
 
 @models.command("promote")
-def models_promote(version: Annotated[int, typer.Argument(help="Version number.")], name: ModelName = "fraud",
+def models_promote(version: Annotated[int, typer.Argument(help="Version number.")], name: ModelName,
                    alias: Annotated[str, typer.Option(help="production, staging or previous.")] = "production",
                    reason: Annotated[str, typer.Option(help="Why: goes into the audit trail.")] = "",
                    registry: RegistryRepo = "lakeloop-models", state_dir: StateDir = DEFAULT_STATE) -> None:
@@ -301,7 +394,7 @@ def models_promote(version: Annotated[int, typer.Argument(help="Version number."
 
 
 @models.command("rollback")
-def models_rollback(name: ModelName = "fraud", reason: Annotated[str, typer.Option(help="Why.")] = "rollback",
+def models_rollback(name: ModelName, reason: Annotated[str, typer.Option(help="Why.")] = "rollback",
                     registry: RegistryRepo = "lakeloop-models", state_dir: StateDir = DEFAULT_STATE) -> None:
     """Production goes back to the previous production version."""
     with _registry(state_dir, registry) as reg:
@@ -313,6 +406,20 @@ def models_rollback(name: ModelName = "fraud", reason: Annotated[str, typer.Opti
 VaultAddr = Annotated[str | None, typer.Option(envvar="VAULT_ADDR", help="Vault address.")]
 VaultAuth = Annotated[str | None, typer.Option(help="token, approle or kubernetes (default: from what is set).")]
 VaultRole = Annotated[str | None, typer.Option(help="Vault role for Kubernetes auth.")]
+
+
+def _port_is_free(host: str, port: int) -> None:
+    """Refuse, before claiming to serve, a port another process holds (the dev stack's, say)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise LakeloopError(f"cannot listen on {host}:{port}: {exc.strerror} (another process holds it; "
+                                "the dev stack's ports are in `lakeloop dev status`): choose another with "
+                                "--port") from None
 
 
 def _cpu_list(text: str | None) -> list[int] | None:
@@ -332,9 +439,12 @@ def _cpu_list(text: str | None) -> list[int] | None:
 @app.command("serve")
 def serve(
     onnx: Annotated[Path | None, typer.Option(help="Serve this local ONNX file (edge and dev use).")] = None,
-    name: Annotated[str | None, typer.Option(help="Model name in the V2 URLs (default: the file name or --model).")]
-    = None,
-    model: Annotated[str | None, typer.Option(help="Serve this registered model (verified, hot-swapped).")] = None,
+    name: Annotated[str | None, typer.Option(help="The --onnx model's name in the V2 URLs (default: the file "
+                                                  "name).")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="Serve this registered model (verified, hot-swapped; "
+                                                         "repeatable).")] = None,
+    all_models: Annotated[bool, typer.Option("--all-models", help="Serve every registered model whose alias is set, "
+                                                                  "including those registered later.")] = False,
     alias: Annotated[str, typer.Option(help="Registry alias to follow.")] = "production",
     registry: RegistryRepo = "lakeloop-models",
     host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 in a container).")] = "127.0.0.1",
@@ -347,8 +457,8 @@ def serve(
     intra_op_threads: Annotated[int, typer.Option(min=0, help="ORT threads inside an operator.")] = 1,
     inter_op_threads: Annotated[int, typer.Option(min=0, help="ORT threads across operators.")] = 1,
     graph_optimization: Annotated[str, typer.Option(help="disable, basic, extended or all.")] = "all",
-    cache_dir: Annotated[Path, typer.Option(help="Downloaded models and optimised graphs.")] = Path(
-        ".lakeloop/serving"),
+    cache_dir: Annotated[Path | None, typer.Option(help="Downloaded models and optimised graphs (default: "
+                                                      "$LAKELOOP_STATE_DIR/serving).")] = None,
     log_dir: Annotated[Path | None, typer.Option(help="Write inference logs here when there is no lakeFS.")] = None,
     inference_logs: Annotated[bool, typer.Option(help="Log inputs and outputs for drift monitoring.")] = True,
     log_interval: Annotated[float, typer.Option(help="Seconds between inference-log objects.")] = 10.0,
@@ -365,26 +475,32 @@ def serve(
     vault_auth: VaultAuth = None,
     vault_role: VaultRole = None,
 ) -> None:
-    """Serve an ONNX model on the Open Inference Protocol v2 (REST) with ONNX Runtime on CPU.
+    """Serve ONNX models on the Open Inference Protocol v2 (REST) with ONNX Runtime on CPU.
 
-    `--onnx FILE` serves a local file; `--model NAME` serves NAME@--alias from the signed registry
-    in lakeFS and swaps versions when the alias moves. Needs only the `serve` extra.
+    `--onnx FILE` serves a local file; `--model NAME` (repeatable) serves NAME@--alias from the
+    signed registry in lakeFS, and `--all-models` every registered model (the dev stack's choice:
+    each project's model appears once deployed). Each swaps versions when its alias moves. Needs
+    only the `serve` extra.
     """
     from pydantic import SecretStr, ValidationError
 
     from lakeloop.serving import ServeSettings, Tuning, run, vault_settings
 
-    if (onnx is None) == (model is None):
-        raise LakeloopError("give exactly one of --onnx FILE or --model NAME")
+    cache_dir = cache_dir or state_path("serving")
+    _port_is_free(host, port)
+    registry_mode = bool(model) or all_models
+    if (onnx is None) == (not registry_mode):
+        raise LakeloopError("give exactly one of --onnx FILE, or --model NAME / --all-models")
     if onnx is not None and not onnx.is_file():
         raise LakeloopError(f"--onnx {onnx}: no such file")
     keys = api_key or [k.strip() for k in os.environ.get("LAKELOOP_API_KEYS", "").split(",") if k.strip()]
     has_vault_credentials = bool(vault_approle_file or vault_role or vault_auth or os.environ.get("VAULT_ROLE_ID")
                                  or os.environ.get("VAULT_TOKEN"))
-    use_vault = bool(vault_addr) and (model is not None or (has_vault_credentials and not keys))
+    use_vault = bool(vault_addr) and (registry_mode or (has_vault_credentials and not keys))
     try:
         settings = ServeSettings(
-            name=name or model or onnx.stem, onnx=str(onnx) if onnx else None, from_registry=model is not None,
+            name=name or (onnx.stem if onnx else ""), onnx=str(onnx) if onnx else None, models=model or [],
+            all_models=all_models,
             alias=alias, registry=registry, host=host, port=port, workers=workers, cpus=_cpu_list(cpus),
             max_batch=max_batch, poll_seconds=poll_seconds,
             tuning=Tuning(intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
@@ -401,7 +517,7 @@ def serve(
     from lakeloop.serving._main import describe, workers_for
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    console.print(f"serving [bold]{settings.name}[/] on http://{host}:{port}/v2 "
+    console.print(f"serving on http://{host}:{port}/v2 "
                   f"({workers_for(settings)} worker(s))", highlight=False)
     for line in describe(settings):
         console.print(f"  {line}", highlight=False)
@@ -416,8 +532,9 @@ def webhook(
                                                     help="Prefect API the events go to.")] = None,
     branch: Annotated[list[str] | None, typer.Option(help="Branches whose merges and commits count (repeatable).")]
     = None,
-    deliveries: Annotated[Path, typer.Option(help="SQLite file of the idempotency keys already handled.")] = Path(
-        ".lakeloop/webhooks/deliveries.sqlite"),
+    deliveries: Annotated[Path | None, typer.Option(help="SQLite file of the idempotency keys already handled "
+                                                        "(default: $LAKELOOP_STATE_DIR/webhooks/deliveries.sqlite).")]
+    = None,
     vault_addr: VaultAddr = None,
     vault_approle_file: Annotated[str | None, typer.Option(
         envvar="LAKELOOP_WEBHOOK_APPROLE_FILE", help="JSON file with the webhook AppRole's role_id and secret_id.")]
@@ -438,6 +555,8 @@ def webhook(
 
     if not prefect_api:
         raise LakeloopError("no Prefect API: set PREFECT_API_URL or --prefect-api (`source .lakeloop/env`)")
+    deliveries = deliveries or state_path("webhooks", "deliveries.sqlite")
+    _port_is_free(host, port)
     settings = vault_settings(vault_addr, vault_auth, vault_approle_file, vault_role)
     if settings is None:
         fixed = os.environ.get("LAKELOOP_WEBHOOK_TOKEN", "")

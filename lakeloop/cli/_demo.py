@@ -6,6 +6,7 @@ data, sends traffic, runs monitor-drift and follows the runs the triggers start 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +30,8 @@ from lakeloop.errors import LakeloopError
 @app.command("demo")
 def demo(
     state_dir: StateDir = DEFAULT_STATE,
+    project: Annotated[str, typer.Option(help="The example project to drive: its folder (with a generate.py, as "
+                                              "in examples/) or its name under LAKELOOP_PROJECTS.")] = "examples/fraud",
     rows: Annotated[int, typer.Option(min=500, help="Rows in each published sample batch.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Seed of the sample data and traffic.")] = 7,
     keep_up: Annotated[bool, typer.Option(help="Leave the stack running to explore the Prefect UI.")] = False,
@@ -36,19 +39,25 @@ def demo(
     """The whole loop: publish data → retrain (triggered) → serve → traffic → monitor-drift → drifted
     traffic → drift → retrain (triggered) → a new batch → lakeFS webhook → retrain; then a summary.
 
-    Starts the embedded stack (`lakeloop dev up`) unless it is running, and stops what it started
-    unless --keep-up.
+    Starts the embedded stack (`lakeloop dev up`) unless it is running, adds the project to it
+    (`lakeloop project add`), and stops what it started unless --keep-up.
     """
     from lakeloop.devstack import stack
+    from lakeloop.project import resolve_project
+
+    spec = resolve_project(project)
 
     started = time.monotonic()
+    if not out.is_terminal and "COLUMNS" not in os.environ:  # CI logs: one readable table, not 80 squeezed columns
+        out.width = 180
     already = bool(stack.running(state_dir))
     services = _stack_up(state_dir)
     ui = services["prefect"].url
     try:
         with _prefect_api(state_dir, ui + "/api"):
             _runs_log_to_the_ui_only()
-            summary = _LoopRun(services, state_dir.resolve(), rows, seed).run()
+            stack.add_project(state_dir, spec, log=lambda m: console.print(f"  {m}", highlight=False))
+            summary = _LoopRun(services, state_dir.resolve(), spec, rows, seed).run()
         summary.add_row("", "", "", "", "", "", f"[bold]{time.monotonic() - started:.0f} s in all[/]")
         out.print(summary)
         out.print(f"Prefect UI: {ui}  (deployments: {ui}/deployments, runs: {ui}/runs, "
@@ -74,16 +83,18 @@ def _runs_log_to_the_ui_only() -> None:
 class _LoopRun:
     """The steps of `lakeloop demo`, each printed as it happens, then one summary table."""
 
-    def __init__(self, services: dict, state_dir: Path, rows: int, seed: int) -> None:
-        from lakeloop.config import DataConfig
+    def __init__(self, services: dict, state_dir: Path, project, rows: int, seed: int) -> None:
+        from lakeloop.project import project_module
 
-        self.services, self.state_dir, self.rows, self.seed = services, state_dir, rows, seed
+        self.services, self.state_dir, self.project, self.rows, self.seed = services, state_dir, project, rows, seed
         self.ui = services["prefect"].url
         self.serving = services["serving"].url
-        self.data = DataConfig()
+        self.data = project.data
+        self.metric = project.primary_metric
+        self.described = getattr(project_module(project, "generate"), "DESCRIPTIONS", {})
         self.seen: set[str] = set()
-        self.summary = Table("step", "started by", "data commit", "model", "PR AUC (test split)", "drift", "result",
-                             title="the loop, end to end")
+        self.summary = Table("step", "started by", "data commit", "model", f"{self.metric} (test split)", "drift",
+                             "result", title=f"the loop, end to end: {project.name}")
         for column in self.summary.columns:
             column.overflow = "fold"
 
@@ -92,10 +103,11 @@ class _LoopRun:
 
         step = self._step
         step(1, "ingest-data: publish a good batch, quarantine a broken one")
-        good, broken = loop.write_sample_batches(self.state_dir / "samples", self.rows, self.seed)
+        good, broken = loop.write_sample_batches(self.state_dir / "samples", self.project, self.rows, self.seed)
         since = loop.utcnow()
         published = self._publish(loop, good)
-        self._publish(loop, broken)
+        if broken is not None:
+            self._publish(loop, broken)
         if published.already_published:  # a re-run on the same state: nothing merged, so ask as CI would
             from lakeloop.secrets import WEBHOOK_PATH, VaultClient
             from lakeloop.serving import vault_settings
@@ -106,21 +118,22 @@ class _LoopRun:
             token = VaultClient(vault_settings(self.services["vault"].url, approle_file=str(approle))).read_key(
                 WEBHOOK_PATH, "token")
             since = loop.utcnow()
-            loop.request_retrain(self.services["webhook"].url, token, "make run on data published earlier")
+            loop.request_retrain(self.services["webhook"].url, token, self.project.name,
+                                 "make run on data published earlier")
 
         step(2, "retrain, started by the data.published trigger (train → compress → register → deploy)")
         first = self._retrain(loop, since, detailed=True)
 
         key = loop.serving_key(self.data)
-        step(3, f"traffic: normal transactions through {self.serving}/v2")
+        step(3, f"traffic: {self.described.get(None, 'rows like the training data')} through {self.serving}/v2")
         normal_since = loop.utcnow()
         self._traffic(loop, key, self.seed + 1000, None, "normal traffic", first.result.version)
         step(4, "monitor-drift over the normal traffic")
         self._drift(loop, normal_since)
 
-        step(5, "traffic: drifted transactions (bigger amounts, farther from home, an unseen category)")
+        step(5, f"traffic that has moved ({self.described.get('traffic', 'drifted')})")
         drift_since = loop.utcnow()
-        self._traffic(loop, key, self.seed + 2000, loop.DRIFTED, "drifted traffic", first.result.version)
+        self._traffic(loop, key, self.seed + 2000, "traffic", "drifted traffic", first.result.version)
         step(6, "monitor-drift over the drifted traffic: a second window confirms it (hysteresis)")
         outcome = self._drift(loop, drift_since)
         while outcome.status == "drift (unconfirmed)":
@@ -133,10 +146,8 @@ class _LoopRun:
         self._retrain(loop, since)
 
         step(8, "ingest-data: a new labelled batch from the moved distribution; its merge fires the lakeFS webhook")
-        from lakeloop.data.generate import generate_transactions
-
-        source = self.state_dir / "samples" / f"transactions-seed{self.seed + 3000}-moved.parquet"
-        generate_transactions(self.rows, seed=self.seed + 3000, drift=loop.NEW_DATA).to_parquet(source)
+        source = self.state_dir / "samples" / f"{self.project.name}-seed{self.seed + 3000}-moved.parquet"
+        loop.sample(self.project, self.rows, self.seed + 3000, "labelled").to_parquet(source)
         since = loop.utcnow()
         batch = self._publish(loop, source)
         if batch.already_published:
@@ -153,7 +164,7 @@ class _LoopRun:
         out.print(f"\n[bold cyan]{number}.[/] [bold]{title}[/]", highlight=False)
 
     def _publish(self, loop, source: Path):
-        outcome = loop.publish(source, self.data)
+        outcome = loop.publish(source, self.project)
         colour = {"published": "green", "quarantined": "yellow", "failed": "red"}[outcome.status]
         shown = "published (earlier run)" if outcome.already_published else outcome.status
         rows = "" if outcome.already_published else f" ({outcome.rows} rows)"
@@ -169,11 +180,11 @@ class _LoopRun:
 
     def _retrain(self, loop, since, detailed: bool = False):
         run = loop.wait_for_triggered_run(since, self.ui, lambda m: console.print(f"  {m}", highlight=False),
-                                          self.seen)
+                                          self.seen, deployment=f"retrain/{self.project.name}")
         r = run.result
         metrics = r.training.test_metrics if r.training else {}
         out.print(f"  {run.name}: trained on {self.data.repository}@{r.data_commit[:12]}"
-                  + (f", test PR AUC {metrics['pr_auc']:.4f}, F1 {metrics['f1']:.4f}" if metrics else "")
+                  + (f", test {self.metric} {metrics[self.metric]:.4f}" if metrics else "")
                   + f"; chose {r.chosen}" + (" (same weights and config as before: measurement reused)"
                                              if r.compression and r.compression.reused else "")
                   + f"; registered v{r.version}", highlight=False)
@@ -199,12 +210,12 @@ class _LoopRun:
         return run
 
     def _traffic(self, loop, key: str, seed: int, drift, label: str, version: int) -> None:
-        figures = loop.send_traffic(self.serving, key, seed, drift)
-        table = Table("rows/request", "requests", "p50 ms", "p99 ms", "requests/s", "flagged as fraud",
-                      title=f"{label}: fraud v{figures[0]['version']} (a sequential Python client)")
+        figures = loop.send_traffic(self.serving, key, self.project, seed, drift)
+        table = Table("rows/request", "requests", "p50 ms", "p99 ms", "requests/s", "answers",
+                      title=f"{label}: {self.project.name} v{figures[0]['version']} (a sequential Python client)")
         for f in figures:
             table.add_row(str(f["batch"]), str(f["requests"]), f"{f['p50_ms']:.2f}", f"{f['p99_ms']:.2f}",
-                          f"{f['requests_per_s']:.0f}", str(f["flagged"]))
+                          f"{f['requests_per_s']:.0f}", f["answers"])
         out.print(table)
         single = figures[0]
         self.summary.add_row(label, "make run", "", f"v{figures[0]['version']}", "", "",
@@ -213,7 +224,7 @@ class _LoopRun:
                              f"{single['p50_ms']:.2f} ms, p99 {single['p99_ms']:.2f} ms")
 
     def _drift(self, loop, since):
-        outcome = loop.check_drift(since, self.state_dir, self.data)
+        outcome = loop.check_drift(since, self.state_dir, self.project)
         perf = outcome.performance
         top = sorted(((outcome.scores.get(f, 0.0), f) for f in outcome.drifted), reverse=True)[:3]
         scores = ", ".join(f"{f} {s:.2f}" for s, f in top) or "none"
@@ -231,7 +242,7 @@ class _LoopRun:
 
 
 def _compression_table(report) -> Table:
-    table = Table("", "candidate", report.primary_metric, "drop", "F1", "KiB", "ms @1", "ms @64", "parity", "gate",
+    table = Table("", "candidate", report.primary_metric, "drop", "KiB", "ms @1", "ms @64", "parity", "gate",
                   title=f"compress-model (uncompressed {report.primary_metric} {report.baseline:.4f}, "
                         f"tolerance {report.tolerance:.2f})")
     table.columns[1].no_wrap = True
@@ -239,7 +250,6 @@ def _compression_table(report) -> Table:
         parity = "-" if row["parity_max_abs"] is None else f"{row['parity_max_abs']:.0e}"
         table.add_row("[bold green]✔[/]" if row["name"] == report.chosen else "", row["name"],
                       f"{row['primary_metric']:.4f}", f"{row['drop']:+.4f}",
-                      f"{row['metrics'].get('f1', float('nan')):.3f}",
                       f"{row['size_bytes'] / 1024:.1f}", f"{row['latency_b1_ms']:.3f}",
                       f"{row['latency_b64_ms']:.3f}", parity,
                       "[green]passed[/]" if row["passed"] else f"[yellow]{row['reason']}[/]")

@@ -1,7 +1,9 @@
-"""`lakeloop init` and `lakeloop validate`: a project file from a sample of the data, and its checks."""
+"""`lakeloop init`, `validate`, `project add | list` and `retrain`: a project from a sample of the data, its
+checks, and its place on a running stack."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -9,7 +11,7 @@ from typing import Annotated, Literal
 import typer
 from rich.table import Table
 
-from lakeloop.cli._app import app, console, out
+from lakeloop.cli._app import DEFAULT_STATE, ProjectDir, Schedules, StateDir, app, console, out
 from lakeloop.errors import LakeloopError, ProjectError
 
 TaskChoice = Literal["auto", "binary", "multiclass", "regression"]
@@ -94,3 +96,86 @@ def _fail(problems: list[str], head: str) -> None:
     for problem in problems:
         console.print(f"  - {problem}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
+
+
+project_app = typer.Typer(help="Projects on a running stack: their deployments, triggers and data repository.",
+                          no_args_is_help=True)
+app.add_typer(project_app, name="project")
+
+
+@project_app.command("add")
+def project_add(
+    directory: Annotated[str, typer.Argument(help="The project folder (lakeloop.yaml), or its name under "
+                                                  "LAKELOOP_PROJECTS or examples/.")],
+    schedules: Schedules = False,
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Add a project to the running stack (`lakeloop dev up`): create its data repository if needed with
+    a lakeFS action that calls the webhook receiver on every merge, and deploy its flows (`retrain/NAME`,
+    `ingest-data/NAME`, ...) with triggers that match its own events only. The model server serves its
+    production version as soon as one is deployed. Adding it again redeploys it."""
+    from lakeloop.cli._app import add_projects
+
+    add_projects(state_dir, [directory], schedules)
+    out.print(f"added {directory}: ingest a batch with `lakeloop data ingest FILE --project {directory}`, "
+              f"or ask for a run with `lakeloop retrain --project {directory} --wait`", highlight=False)
+
+
+@project_app.command("list")
+def project_list(state_dir: StateDir = DEFAULT_STATE) -> None:
+    """The projects deployed on the running stack, with their folders and deployments."""
+    from lakeloop.devstack import stack
+    from lakeloop.devstack.projects import list_projects
+
+    found = list_projects(stack.api_url(state_dir))
+    table = Table("project", "folder", "deployments", title="projects on the stack")
+    for entry in found:
+        table.add_row(entry.name, entry.folder, ", ".join(entry.deployments))
+    out.print(table if found else "no projects on the stack yet: `lakeloop project add DIR`")
+
+
+@app.command("retrain")
+def retrain(
+    project: ProjectDir,
+    wait: Annotated[bool, typer.Option(help="Follow the run to its end; exit 1 unless it completes.")] = False,
+    reason: Annotated[str, typer.Option(help="Why: goes into the run's parameters and audit trail.")] = "requested "
+    "from the command line",
+    ref: Annotated[str | None, typer.Option(help="Train on this branch, tag or commit (default: the published "
+                                                 "branch).")] = None,
+    timeout: Annotated[float, typer.Option(help="With --wait: seconds to wait for the run.")] = 3600,
+    state_dir: StateDir = DEFAULT_STATE,
+) -> None:
+    """Ask the stack for a run of the project's `retrain` deployment (pull → train → compress → register →
+    deploy behind the champion gate); with --wait, follow it and print what it did."""
+    import getpass
+
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    from lakeloop.cli._app import _prefect_api
+    from lakeloop.devstack import stack
+    from lakeloop.project import resolve_project
+
+    spec = resolve_project(project)
+    name = f"retrain/{spec.name}"
+    with _prefect_api(state_dir):
+        parameters = {"reason": f"{reason} (by {getpass.getuser()})"} | ({"ref": ref} if ref else {})
+        try:
+            run = run_deployment(name, parameters=parameters, timeout=0)
+        except ObjectNotFound:
+            raise LakeloopError(f"no deployment {name}: add the project first (`lakeloop project add "
+                                f"{project}`)") from None
+        ui = os.environ.get("PREFECT_UI_URL") or stack.api_url(state_dir).removesuffix("/api")
+        out.print(f"{name}: run {run.name} scheduled: {ui}/runs/flow-run/{run.id}", highlight=False)
+        if not wait:
+            return
+        from flows.loop import follow_run
+
+        done = follow_run(run.id, ui, lambda m: console.print(f"  {m}", highlight=False), timeout)
+    r = done.result
+    metric = spec.primary_metric
+    value = (r.training.test_metrics.get(metric) if r.training else None)
+    out.print(f"{done.name}: trained on {spec.data.repository}@{r.data_commit[:12]}"
+              + (f", test {metric} {value:.4f}" if value is not None else "")
+              + f"; registered {spec.name} v{r.version} ({r.chosen}); deploy {r.deploy.status}: {r.deploy.detail}",
+              highlight=False)

@@ -54,6 +54,8 @@ def export_onnx(net: torch.nn.Module, spec: FeatureSpec, path: Path, metadata: d
     merged.producer_name = "lakeloop"
     properties = {"lakeloop.task": spec.label.task, "lakeloop.outputs": json.dumps(list(OUTPUTS[spec.label.task])),
                   "lakeloop.label": spec.label.column, "lakeloop.classes": json.dumps(list(spec.label.classes)),
+                  # every input takes a missing value, handled in the graph as in training (NaN / "")
+                  "lakeloop.nullable": json.dumps([n.name for n in spec.numbers] + [c.name for c in spec.categories]),
                   **(metadata or {})}
     onnx.helper.set_model_props(merged, properties)
     onnx.checker.check_model(merged, full_check=True)

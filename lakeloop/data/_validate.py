@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -15,11 +15,10 @@ import pandera.pandas as pa
 import pyarrow
 import pyarrow.compute as pc
 
-from lakeloop.schemas import FREE_TEXT_COLUMNS, LABEL, PII_COLUMNS
-from lakeloop.schemas.transactions import CARD_RE, EMAIL_RE
-
 _SAMPLES = 5
-_SENSITIVE = set(PII_COLUMNS) | set(FREE_TEXT_COLUMNS)
+# What `redact` removes from free text: e-mail addresses and card-like digit runs (13-19 digits).
+EMAIL_RE = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
+CARD_RE = r"\b(?:\d[ -]?){13,19}\b"
 
 
 @dataclass
@@ -97,13 +96,15 @@ class ValidationReport:
 
 
 def validate_batch(frame: pd.DataFrame, model: type[pa.DataFrameModel] | pa.DataFrameSchema, source: str,
-                   workers: int | None = None, *, sensitive: Collection[str] = _SENSITIVE,
-                   label: str | None = LABEL) -> ValidationReport:
+                   workers: int | None = None, *, sensitive: Collection[str] = (),
+                   label: str | None = None) -> ValidationReport:
     """Validate with every failure collected (pandera lazy mode), never raising on bad data.
 
     Large frames are validated column group by column group on `workers` threads (default: the
     CPU count, at most 4): pandera runs every check as usual, and the string checks, which
     dominate, run in pyarrow kernels that release the GIL. The input frame is never modified.
+    Values of `sensitive` columns (a project's PII) never appear in the report; failures of the
+    `label` column are named as the label's.
     """
     schema = model if isinstance(model, pa.DataFrameSchema) else model.to_schema()
     name = schema.name or getattr(model, "__name__", "the schema")
@@ -190,17 +191,13 @@ def pseudonym(value: str, key: bytes) -> str:
     return "pii_" + hashlib.blake2b(value.encode(), key=key[:64], digest_size=16).hexdigest()
 
 
-_FRAUD_PII = {**dict.fromkeys(PII_COLUMNS, "pseudonymise"), **dict.fromkeys(FREE_TEXT_COLUMNS, "redact")}
-
-
-def pseudonymise(frame: pd.DataFrame, key: bytes, pii: dict[str, str] | None = None) -> pd.DataFrame:
+def pseudonymise(frame: pd.DataFrame, key: bytes, pii: Mapping[str, str]) -> pd.DataFrame:
     """Apply each PII column's treatment: keyed pseudonyms (keyed BLAKE2b), dropped, or PII in free text redacted.
 
     `pii` maps column → pseudonymise | drop | redact (a project's `pii`). The same value under the same key
     always gives the same pseudonym, so joins and per-customer features still work; without the key (in
     Vault) the raw value cannot be recovered. Missing values stay missing.
     """
-    pii = _FRAUD_PII if pii is None else pii
     out = frame.drop(columns=[c for c, t in pii.items() if t == "drop" and c in frame])
     for column in (c for c, t in pii.items() if t == "pseudonymise"):
         if column in out:

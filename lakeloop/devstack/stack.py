@@ -1,12 +1,12 @@
 """`lakeloop dev up | down | status`: the embedded stack on localhost, all state under one directory.
 
 `up` starts a Prefect server (UI, SQLite), the embedded lakeFS server, a real OpenBao dev server
-(bootstrapped: policies, secrets, one AppRole per consumer) and the model server; saves the Prefect
-blocks the flows load; deploys every flow of deployments.yaml to a local process work pool (with
-their schedules and triggers); starts the webhook receiver and installs the lakeFS action that calls
-it on every merge into the data repository's main branch; and starts a worker. It records each
-process's PID and start time in `stack.json`; `down` stops exactly those processes (and the flow
-runs the worker started) and nothing else.
+(bootstrapped: policies, secrets, one AppRole per consumer), the model server (it serves every
+registered model's production version), the webhook receiver and a worker on a local process work
+pool; and saves the Prefect blocks the flows load. Projects join a running stack with `add_project`
+(`lakeloop project add DIR`): their deployments, triggers and lakeFS action (`projects`). It
+records each process's PID and start time in `stack.json`; `down` stops exactly those processes
+(and the flow runs the worker started) and nothing else.
 """
 
 from __future__ import annotations
@@ -31,26 +31,7 @@ from lakeloop.errors import DevStackError
 STACK_FILE = "stack.json"
 ENV_FILE = "env"
 DEFAULT_PORTS = {"prefect": 4200, "lakefs": 8000, "vault": 8200, "serving": 8080, "webhook": 8090, "worker": 8091}
-SERVED_MODEL = "fraud"  # the model the dev stack's server follows (fraud@production in lakeloop-models)
-DATA_REPOSITORY = "lakeloop-data"  # where the retrain action is installed
 WORK_POOL = "lakeloop-process"
-ACTION_PATH = "_lakefs_actions/lakeloop-retrain.yaml"
-ACTION = """\
-# Installed by `lakeloop dev up`: every merge into main (a published batch) calls the webhook
-# receiver, which emits lakeloop.data.published; the `retrain` deployment's trigger starts a run.
-name: lakeloop retrain on publish
-on:
-  post-merge:
-    branches: [main]
-hooks:
-  - id: lakeloop_webhook
-    type: webhook
-    properties:
-      url: "{url}"
-      timeout: 10s
-      headers:
-        Authorization: "Bearer {{{{ ENV.LAKEFSACTION_WEBHOOK_TOKEN }}}}"
-"""
 
 
 @dataclass
@@ -111,8 +92,7 @@ def running(state_dir: Path) -> dict[str, Service]:
 OnReady = Callable[[dict[str, Service], dict[str, Path]], None]
 
 
-def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | None = None,
-       schedules: bool = False) -> dict[str, Service]:
+def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | None = None) -> dict[str, Service]:
     """Start the stack (or report the one already running); returns the services.
 
     Args:
@@ -120,9 +100,6 @@ def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | 
         log: progress messages go here.
         on_ready: called with the services and the AppRole credential files once everything is
             healthy (the CLI registers the Prefect blocks there).
-        schedules: leave the deployments' cron schedules active. Off by default: a schedule that fires
-            into a demo or a test (the hourly monitor-drift at the top of the hour) starts runs nobody
-            asked for, so they are deployed paused until `--schedules` (or the UI) turns them on.
     """
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -157,22 +134,17 @@ def up(state_dir: Path, log: Callable[[str], None] = print, on_ready: OnReady | 
             f"{', '.join(sorted(creds))} in {state_dir / 'vault'}; root token revoked")
         services["serving"] = _start_serving(state_dir, services, creds["serving"])
         _save(state_dir, services)
-        log(f"model server at {services['serving'].url}/v2 follows {SERVED_MODEL}@production "
-            "(ready once a version is deployed)")
+        log(f"model server at {services['serving'].url}/v2 serves every registered model's production version")
         prefect = services["prefect"]
         _proc.wait_until(prefect.healthy, "Prefect server", 120, log_file=state_dir / "logs" / "prefect.log")
         log(f"Prefect server ready at {prefect.url} (UI)")
         if on_ready is not None:
             on_ready(services, creds)
-        log(f"deploying the flows to work pool {WORK_POOL} (prefect deploy --prefect-file deployments.yaml --all) ...")
-        deployed = deploy_flows(state_dir, services, schedules=schedules)
-        log(f"deployed {', '.join(deployed)}; schedules "
-            + ("active" if schedules else "paused (start the stack with --schedules to run them)"))
+        _prefect_cli(["work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"],
+                     _flow_env(state_dir, services), state_dir / "logs" / "deploy.log")
         services["webhook"] = _start_webhook(state_dir, services, creds["webhook"])
         _save(state_dir, services)
-        install_lakefs_action(services["lakefs"].url, (key_id, secret), f"{services['webhook'].url}/hooks/lakefs")
-        log(f"webhook receiver at {services['webhook'].url}/hooks/lakefs and /hooks/retrain; lakeFS action "
-            f"{DATA_REPOSITORY}/main/{ACTION_PATH} calls it on every merge into main")
+        log(f"webhook receiver at {services['webhook'].url}/hooks/lakefs and /hooks/retrain")
         services["worker"] = _start_worker(state_dir, services)
         _save(state_dir, services)
         log(f"Prefect worker polling work pool {WORK_POOL} (runs flows from {project_dir()})")
@@ -206,12 +178,12 @@ def _start_lakefs(state_dir: Path, key_id: str, secret: str, webhook_token: str)
 
 
 def _start_serving(state_dir: Path, services: dict[str, Service], approle_file: Path) -> Service:
-    """`lakeloop serve --model fraud`: live at once, ready when fraud@production exists and verifies."""
+    """`lakeloop serve --all-models`: live at once; each model is ready once its production version verifies."""
     port = _port("serving")
     env = {"LAKELOOP_LAKEFS_URL": services["lakefs"].url, "VAULT_ADDR": services["vault"].url,
            "LAKELOOP_SERVING_APPROLE_FILE": str(approle_file)}
     log_file = state_dir / "logs" / "serving.log"
-    process = _proc.start([sys.executable, "-m", "lakeloop.cli", "serve", "--model", SERVED_MODEL, "--port", str(port),
+    process = _proc.start([sys.executable, "-m", "lakeloop.cli", "serve", "--all-models", "--port", str(port),
                            "--workers", "1", "--poll-seconds", "2", "--log-interval", "2",
                            "--cache-dir", str(state_dir / "serving")],
                           log_file, env=env)
@@ -250,55 +222,46 @@ def _flow_env(state_dir: Path, services: dict[str, Service]) -> dict[str, str]:
     return env
 
 
-def deploy_flows(state_dir: Path, services: dict[str, Service], schedules: bool = False) -> list[str]:
-    """`prefect work-pool create` (process) and `prefect deploy --prefect-file deployments.yaml --all`.
+def add_project(state_dir: Path, project, schedules: bool = False, log: Callable[[str], None] = print) -> list[str]:
+    """`lakeloop project add`: the project's data repository and lakeFS action, and its deployments with
+    their triggers (and schedules, paused unless `schedules`), on the running stack; returns the deployments.
 
-    Unless `schedules`, the deployments go up with their schedules inactive (a copy of deployments.yaml
-    with `active: false` on each): nothing fires between deploying and pausing. Triggers stay on.
+    Idempotent: adding a project again redeploys it (after a change to its folder or deployments.yaml).
+    Schedules are deployed paused by default: a schedule that fires into a demo or a test (the hourly
+    monitor-drift at the top of the hour) starts runs nobody asked for.
+
+    Raises:
+        DevStackError: the stack is not running, or another project uses the same data repository.
     """
-    import yaml
+    from lakeloop.devstack import projects
+    from lakeloop.secrets import LAKEFS_PATH, VaultClient
+    from lakeloop.serving import vault_settings
 
-    env = _flow_env(state_dir, services)
-    log_file = state_dir / "logs" / "deploy.log"
-    _prefect_cli(["work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"], env, log_file)
-    spec = yaml.safe_load((project_dir() / "deployments.yaml").read_text())
-    prefect_file = project_dir() / "deployments.yaml"
-    if not schedules:
-        for deployment in spec["deployments"]:
-            for schedule in deployment.get("schedules") or []:
-                schedule["active"] = False
-        prefect_file = state_dir / "deployments.paused.yaml"
-        prefect_file.write_text(yaml.safe_dump(spec, sort_keys=False))
-    _prefect_cli(["deploy", "--prefect-file", str(prefect_file), "--all"], env, log_file)
-    return [d["name"] for d in spec["deployments"]]
-
-
-def install_lakefs_action(lakefs_url: str, keys: tuple[str, str], hook_url: str,
-                          repository: str = DATA_REPOSITORY) -> str:
-    """Commit the retrain action to the data repository's main branch (creating the repository if needed).
-
-    The action runs on post-merge only, so installing it (a commit) starts nothing. Returns the commit id,
-    or "" when the same action was already installed.
-    """
+    state_dir = state_dir.resolve()
+    services = running(state_dir)
+    missing = {"prefect", "lakefs", "vault", "webhook"} - set(services)
+    if missing:
+        raise DevStackError(f"the embedded stack is not running in {state_dir} (no {', '.join(sorted(missing))}): "
+                            "start it with `lakeloop dev up`")
+    api = services["prefect"].url + "/api"
+    projects.check_repository_is_free(project, projects.list_projects(api))
+    approle = state_dir / "vault" / "pipeline.approle.json"
+    keys = VaultClient(vault_settings(services["vault"].url, approle_file=str(approle))).read(LAKEFS_PATH)
     import lakefs
 
-    from lakeloop.config import DataConfig
-
-    client = lakefs.Client(host=lakefs_url, username=keys[0], password=keys[1])
-    repo = lakefs.Repository(repository, client=client)
-    repo.create(storage_namespace=DataConfig(repository=repository).namespace(), default_branch="main",
-                exist_ok=True)
-    main = repo.branch("main")
-    text = ACTION.format(url=hook_url)
-    try:
-        with main.object(ACTION_PATH).reader("r") as reader:
-            if reader.read() == text:
-                return ""
-    except lakefs.exceptions.NotFoundException:
-        pass
-    main.object(ACTION_PATH).upload(text)
-    return main.commit("lakeloop dev up: retrain on every merge into main (lakeFS action -> webhook receiver)",
-                       metadata={"installed_by": "lakeloop dev up"}).get_commit().id
+    client = lakefs.Client(host=services["lakefs"].url, username=keys["access_key_id"],
+                           password=keys["secret_access_key"])
+    projects.install_action(project, client, f"{services['webhook'].url}/hooks/lakefs")
+    log(f"{project.name}: data in lakefs://{project.data.repository}/{project.data.branch}/{project.data.prefix}; "
+        f"the action {projects.action_path(project)} calls the webhook receiver on every merge")
+    prefect_file = projects.deployments_file(state_dir, project, project_dir() / "deployments.yaml", schedules)
+    log_file = state_dir / "logs" / "deploy.log"
+    _prefect_cli(["deploy", "--prefect-file", str(prefect_file), "--all"], _flow_env(state_dir, services), log_file)
+    deployed = next(p.deployments for p in projects.list_projects(api) if p.name == project.name)
+    log(f"{project.name}: deployed {len(deployed)} flows to work pool {WORK_POOL} (retrain/{project.name} "
+        "triggered by its new data, its drift and requests); schedules "
+        + ("active" if schedules else "paused (add the project with --schedules to run them)"))
+    return deployed
 
 
 def _start_webhook(state_dir: Path, services: dict[str, Service], approle_file: Path) -> Service:
@@ -330,13 +293,14 @@ def _start_worker(state_dir: Path, services: dict[str, Service]) -> Service:
 def _write_env(state_dir: Path, services: dict[str, Service]) -> None:
     """`source .lakeloop/env` points a shell (Prefect CLI, flows, `lakeloop serve`) at the stack.
 
-    No secrets in it: the serving AppRole is a path to its 0600 credentials file.
+    No secrets in it: the serving and webhook AppRoles are paths to their 0600 credentials files.
     """
     lines = [f"export PREFECT_API_URL={services['prefect'].url}/api",
              f"export VAULT_ADDR={services['vault'].url}",
              f"export LAKELOOP_LAKEFS_URL={services['lakefs'].url}",
              f"export LAKELOOP_SERVING_URL={services['serving'].url}",
              f"export LAKELOOP_SERVING_APPROLE_FILE={state_dir / 'vault' / 'serving.approle.json'}",
+             f"export LAKELOOP_WEBHOOK_APPROLE_FILE={state_dir / 'vault' / 'webhook.approle.json'}",
              f"export LAKELOOP_WEBHOOK_URL={services['webhook'].url}",
              f"export LAKELOOP_STATE_DIR={state_dir}",
              f"export LAKELOOP_PROJECT_DIR={project_dir()}"]

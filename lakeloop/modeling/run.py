@@ -21,7 +21,7 @@ from lakeloop.devstack import _proc
 from lakeloop.errors import TrainingError
 from lakeloop.modeling.features import FeatureSpec, split_of
 from lakeloop.modeling.nets import build_net
-from lakeloop.project import Project
+from lakeloop.project import Project, project_documents
 
 log = logging.getLogger("lakeloop.training")
 
@@ -82,6 +82,10 @@ def _prepare(project: Project, frame: pd.DataFrame, commit_id: str, config: Trai
     np.savez(tmp, **arrays)
     (workdir / "features.json").write_text(spec.to_json())
     (workdir / "project.json").write_text(project.to_json())
+    documents = workdir / "project"  # the project file and schema source as trained: the registry keeps them
+    documents.mkdir(exist_ok=True)
+    for document in project_documents(project).values():
+        (documents / document["name"]).write_text(document["text"])
     (workdir / "config.json").write_text(config.model_dump_json(indent=2))
     (workdir / "lineage.json").write_text(json.dumps({**lineage, "data_commit": commit_id, "project": project.name,
                                                       "task": project.task,

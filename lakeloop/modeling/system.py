@@ -114,9 +114,10 @@ class LakeFSDataModule(L.LightningDataModule):
         dataset = self._dataset(split)
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,
                                      seed=self.hparams.seed, drop_last=shuffle)
-        # training drops the last partial batch: every step then sees the same global batch at any world size
-        return DataLoader(dataset, batch_size=max(self.hparams.global_batch_size // world, 1), sampler=sampler,
-                          drop_last=shuffle)
+        # training drops the last partial batch: every step then sees the same global batch at any world size;
+        # the batch is at most an eighth of the training rows, so a small table still gets steps in every epoch
+        global_batch = min(self.hparams.global_batch_size, max(len(self.arrays["train_label"]) // 8, world))
+        return DataLoader(dataset, batch_size=max(global_batch // world, 1), sampler=sampler, drop_last=shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

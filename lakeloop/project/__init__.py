@@ -13,6 +13,7 @@ from lakeloop.project._load import PROJECT_FILE, load_project, project_file, res
 from lakeloop.project._model import (
     DEFAULT_METRIC,
     METRICS,
+    NAME_RE,
     PII,
     Feature,
     Label,
@@ -22,11 +23,12 @@ from lakeloop.project._model import (
 )
 
 _LAZY = {"ProjectSchemas": "_schema", "project_schemas": "_schema", "load_schema": "_schema",
-         "data_problems": "_schema", "import_object": "_schema", "PSEUDONYM_RE": "_schema"}
+         "data_problems": "_schema", "import_object": "_schema", "PSEUDONYM_RE": "_schema",
+         "project_documents": "_schema", "project_module": "_schema"}
 
-__all__ = ["DEFAULT_METRIC", "METRICS", "PII", "PROJECT_FILE", "PSEUDONYM_RE", "Feature", "Label", "Metrics",
+__all__ = ["DEFAULT_METRIC", "METRICS", "NAME_RE", "PII", "PROJECT_FILE", "PSEUDONYM_RE", "Feature", "Label", "Metrics",
            "ModelSpec", "Project", "ProjectSchemas", "data_problems", "import_object", "load_project", "load_schema",
-           "project_file", "project_schemas", "resolve_project"]
+           "project_documents", "project_file", "project_module", "project_schemas", "resolve_project"]
 
 
 def __getattr__(name: str) -> Any:

@@ -27,17 +27,20 @@ def project_file(where: str | Path) -> Path:
     return path
 
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CHECKOUT = Path(__file__).resolve().parents[2]  # lakeloop's own repository, when run from a checkout
+EXAMPLES = CHECKOUT / "examples"
 
 
 def resolve_project(ref: str | Path | Project) -> Project:
-    """A project from a folder or file path, or by name: a folder `NAME` under any of the folders in
-    LAKELOOP_PROJECTS (separated by `os.pathsep`), then under lakeloop's `examples/`."""
+    """A project from a folder or file path (relative to the working directory, then to lakeloop's
+    checkout, so `examples/fraud` works from anywhere), or by name: a folder `NAME` under any of the
+    folders in LAKELOOP_PROJECTS (separated by `os.pathsep`), then under lakeloop's `examples/`."""
     if isinstance(ref, Project):
         return ref
     path = Path(ref).expanduser()
-    if path.exists():
-        return load_project(path)
+    for candidate in (path, *(() if path.is_absolute() else (CHECKOUT / path,))):
+        if candidate.exists():
+            return load_project(candidate)
     roots = [Path(p) for p in os.environ.get("LAKELOOP_PROJECTS", "").split(os.pathsep) if p] + [EXAMPLES]
     for root in roots:
         if (root / str(ref) / PROJECT_FILE).is_file():

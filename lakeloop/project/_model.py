@@ -139,6 +139,11 @@ class Project(_Strict):
         return METRICS[self.task][self.primary_metric] == "higher"
 
     @property
+    def root(self) -> str:
+        """The folder the project file was read from ("" for a project built in Python)."""
+        return self._root
+
+    @property
     def pii_columns(self) -> dict[str, str]:
         return {p.column: p.treatment for p in self.pii}
 

@@ -3,7 +3,10 @@ project, and the published variant derived from the PII treatments."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import inspect
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,6 +62,47 @@ def import_object(reference: str, what: str, project: Project) -> Any:
         return getattr(module, attribute)
     except AttributeError:
         raise ProjectError(f"{what} {reference!r}: module {module_name} has no {attribute!r}", problems=[]) from None
+
+
+def project_module(project: Project, name: str) -> Any:
+    """The module `name.py` of the project's folder (e.g. an example's `generate.py`), imported under a
+    name of its own so that two projects' modules of the same name never shadow each other.
+
+    Raises:
+        ProjectError: the project has no such file, or it fails to import.
+    """
+    path = Path(project._root or ".") / f"{name}.py"
+    if not path.is_file():
+        raise ProjectError(f"project {project.name!r} has no {path.name} in {path.parent}", problems=[])
+    key = f"lakeloop_project_{project.name.replace('-', '_')}_{name}"
+    if key in sys.modules and getattr(sys.modules[key], "__file__", None) == str(path):
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module  # before running it, as `import` does (dataclasses look their module up)
+    with project_imports(project):
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[key]
+            raise ProjectError(f"{path}: cannot import it ({type(exc).__name__}: {exc})", problems=[]) from exc
+    return module
+
+
+def project_documents(project: Project) -> dict[str, dict[str, str]]:
+    """The project file and the schema's source as declared (the YAML file, or the module defining the
+    DataFrameModel), each with its sha256: what a model version and a published batch were made under."""
+    ref = project.schema_ref
+    if ref.endswith((".yaml", ".yml")):
+        schema_name, schema_text = ref, (Path(project._root or ".") / ref).read_text()
+    else:
+        module = ref.partition(":")[0]
+        with project_imports(project):
+            source = inspect.getsourcefile(importlib.import_module(module)) or ""
+        schema_name, schema_text = Path(source).name, Path(source).read_text()
+    documents = {"project": ("lakeloop.yaml", project._source), "schema": (schema_name, schema_text)}
+    return {kind: {"name": name, "text": text, "sha256": hashlib.sha256(text.encode()).hexdigest()}
+            for kind, (name, text) in documents.items()}
 
 
 def load_schema(project: Project) -> pa.DataFrameSchema:

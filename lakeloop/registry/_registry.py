@@ -99,6 +99,15 @@ class Registry:
 
     # -- registration --------------------------------------------------------------------------------
 
+    def models(self) -> list[str]:
+        """The names of the registered models (none if the registry does not exist yet)."""
+        with lakefs_errors(self._host(), "listing the registered models"):
+            try:
+                prefixes = [o.path for o in self._main().objects(prefix="models/", delimiter="/")]
+            except lakefs.exceptions.NotFoundException:
+                return []
+        return sorted(p.removeprefix("models/").rstrip("/") for p in prefixes if p.endswith("/"))
+
     def versions(self, name: str) -> list[int]:
         with lakefs_errors(self._host(), f"listing versions of {name}"):
             try:

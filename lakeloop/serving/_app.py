@@ -1,11 +1,12 @@
 """The HTTP face of the model server: Open Inference Protocol v2 REST, `/metrics`, a reload endpoint.
 
-    GET  /v2/health/live, /v2/health/ready           open (Kubernetes probes)
+    GET  /v2/health/live, /v2/health/ready           open (Kubernetes probes; see `ModelServer.ready`)
     GET  /v2/models/{name}[/versions/{v}]/ready       open
     GET  /v2, /v2/models/{name}[/versions/{v}]       metadata               API key
     POST /v2/models/{name}[/versions/{v}]/infer       inference              API key
                                                       (logged for drift monitoring unless the request
                                                       says `Lakeloop-Log: skip`, as deploy smoke tests do)
+    POST /v2/repository/index                         every model and state  API key (Triton's)
     POST /v2/repository/models/{name}/load            re-check the alias now API key
     GET  /metrics                                     Prometheus             API key
 
@@ -32,7 +33,7 @@ import orjson
 from lakeloop import __version__
 from lakeloop.errors import LakeloopError
 from lakeloop.serving import _protocol as v2
-from lakeloop.serving._server import ModelServer
+from lakeloop.serving._server import ModelServer, ServedModel
 
 log = logging.getLogger("lakeloop.serving")
 JSON = b"application/json"
@@ -75,39 +76,42 @@ def _tune_interpreter() -> None:
 
 
 def create_app(server: ModelServer):
-    """The ASGI app serving `server`; starts and stops its background work with the app (lifespan)."""
-    name = server.name
+    """The ASGI app serving `server`'s models; starts and stops its background work with the app (lifespan)."""
     metrics = server.metrics
 
-    def current_version() -> str | None:
-        return server.model.version if server.model else None
-
-    def wrong_version(version: str | None) -> Answer | None:
-        if version is not None and version != current_version():
-            return _error(f"{name} version {version!r} is not loaded (serving {current_version()!r})", 404)
+    def wrong_version(served: ServedModel, version: str | None) -> Answer | None:
+        current = served.model.version if served.model else None
+        if version is not None and version != current:
+            return _error(f"{served.name} version {version!r} is not loaded (serving {current!r})", 404)
         return None
 
-    # -- handlers: (headers, body, version) -> Answer ------------------------------------------------
+    # -- handlers: (headers, body, version, served model or None) -> Answer --------------------------
 
-    def live(headers: dict, body: bytes, version: str | None) -> Answer:
+    def live(headers: dict, body: bytes, version: str | None, served: ServedModel | None) -> Answer:
         return _json({"live": True})
 
-    def ready(headers: dict, body: bytes, version: str | None) -> Answer:
-        is_ready = server.model is not None and wrong_version(version) is None
+    def server_ready(headers: dict, body: bytes, version: str | None, served: ServedModel | None) -> Answer:
+        is_ready = server.ready
         return _json({"ready": is_ready}, 200 if is_ready else 503)
 
-    def server_metadata(headers: dict, body: bytes, version: str | None) -> Answer:
+    def model_ready(headers: dict, body: bytes, version: str | None, served: ServedModel) -> Answer:
+        is_ready = served.model is not None and wrong_version(served, version) is None
+        return _json({"ready": is_ready}, 200 if is_ready else 503)
+
+    def server_metadata(headers: dict, body: bytes, version: str | None, served: ServedModel | None) -> Answer:
         return _json({"name": "lakeloop", "version": __version__,
                       "extensions": ["binary_tensor_data", "model_repository"]})
 
-    def model_metadata(headers: dict, body: bytes, version: str | None) -> Answer:
-        model = server.model
+    def model_metadata(headers: dict, body: bytes, version: str | None, served: ServedModel) -> Answer:
+        model = served.model
         if model is None:
-            return _error(f"{name} is not loaded yet: {server.source.describe()} names no loadable version", 503)
-        return wrong_version(version) or _json(model.metadata())
+            return _error(f"{served.name} is not loaded yet: {served.source.describe()} names no loadable version",
+                          503)
+        return wrong_version(served, version) or _json(model.metadata())
 
-    def infer(headers: dict, body: bytes, version: str | None) -> Answer:
-        model = server.model  # read once: a swap during this request does not affect it
+    def infer(headers: dict, body: bytes, version: str | None, served: ServedModel) -> Answer:
+        model = served.model  # read once: a swap during this request does not affect it
+        name = served.name
         if model is None:
             return _error(f"{name} is not loaded yet", 503)
         if version is not None and version != model.version:
@@ -128,39 +132,59 @@ def create_app(server: ModelServer):
         payload, extra = v2.response(name, model.version, request, outputs)
         return Answer(200, payload, extra, request.rows)
 
-    def render_metrics(headers: dict, body: bytes, version: str | None) -> Answer:
+    def render_metrics(headers: dict, body: bytes, version: str | None, served: ServedModel | None) -> Answer:
         logger = server.inference_log
         if logger is not None:
             metrics.gauges.update({"lakeloop_inference_log_written_rows": logger.written_rows,
                                    "lakeloop_inference_log_dropped_rows": logger.dropped_rows})
         return Answer(200, metrics.render().encode(), [(b"content-type", b"text/plain; version=0.0.4")])
 
-    async def load(headers: dict, body: bytes, version: str | None) -> Answer:
+    def index(headers: dict, body: bytes, version: str | None, served: ServedModel | None) -> Answer:
+        """Triton's repository index: every model, its version and state."""
+        listed = []
+        for m in server.models.values():
+            entry = {"name": m.name, "version": m.model.version if m.model else "",
+                     "state": "READY" if m.model else "UNAVAILABLE"}
+            if m.model is None:
+                entry["reason"] = f"{m.source.describe()} names no loadable version yet"
+            listed.append(entry)
+        return _json(listed)
+
+    async def load(headers: dict, body: bytes, version: str | None, served: str) -> Answer:
         try:
-            result = await asyncio.to_thread(server.refresh, True)
+            result = await asyncio.to_thread(server.load, served)
         except LakeloopError as exc:
-            return _json({"error": str(exc), "version": current_version()}, 400)
-        return _json({"name": name, **result})
+            known = server.models.get(served)
+            current = known.model.version if known is not None and known.model else None
+            return _json({"error": str(exc), "version": current}, 400)
+        return _json({"name": served, **result})
 
-    # -- routing: (method, path) -> (handler, needs an API key) --------------------------------------
+    # -- routing: (method, path) -> (handler, needs an API key, version, model) ------------------------
 
-    fixed = {("GET", "/v2/health/live"): (live, False), ("GET", "/v2/health/ready"): (ready, False),
+    fixed = {("GET", "/v2/health/live"): (live, False), ("GET", "/v2/health/ready"): (server_ready, False),
              ("GET", "/v2"): (server_metadata, True), ("GET", "/metrics"): (render_metrics, True),
-             ("POST", f"/v2/repository/models/{name}/load"): (load, True)}
-    per_model = {("GET", ""): (model_metadata, True), ("GET", "ready"): (ready, False),
+             ("POST", "/v2/repository/index"): (index, True)}
+    per_model = {("GET", ""): (model_metadata, True), ("GET", "ready"): (model_ready, False),
                  ("POST", "infer"): (infer, True)}
 
+    def unknown(name: str) -> Answer:
+        return _error(f"unknown model {name!r}: this server serves {server.describe()}", 404)
+
     def route(method: str, path: str):
-        """(handler, needs_key, version) or an Answer for unknown paths."""
+        """(handler, needs_key, version, served model) or an Answer for unknown paths."""
         found = fixed.get((method, path))
         if found is not None:
-            return found[0], found[1], None
+            return found[0], found[1], None, None
         parts = path.split("/")  # "", "v2", "models", NAME, [versions, V,] [ready|infer]
         if len(parts) < 4 or parts[1] != "v2" or parts[2] not in ("models", "repository"):
             return _error(f"no route {method} {path}", 404)
-        if parts[2] == "repository" or parts[3] != name:
-            model = parts[4] if parts[2] == "repository" and len(parts) > 4 else parts[3]
-            return _error(f"unknown model {model!r}: this server serves {name!r}", 404)
+        if parts[2] == "repository":  # /v2/repository/models/NAME/load
+            if len(parts) == 6 and parts[3] == "models" and parts[5] == "load" and method == "POST":
+                return load, True, None, parts[4]
+            return _error(f"no route {method} {path}", 404)
+        served = server.models.get(parts[3])
+        if served is None:
+            return unknown(parts[3])
         version = None
         rest = parts[4:]
         if len(rest) >= 2 and rest[0] == "versions":
@@ -170,7 +194,7 @@ def create_app(server: ModelServer):
         found = per_model.get((method, rest[0] if rest else ""))
         if found is None:
             return _error(f"no route {method} {path}", 404 if method in ("GET", "POST") else 405)
-        return found[0], found[1], version
+        return found[0], found[1], version, served
 
     async def lifespan(receive: Receive, send: Send) -> None:
         while True:
@@ -200,7 +224,7 @@ def create_app(server: ModelServer):
         if isinstance(routed, Answer):
             answer = routed
         else:
-            handler, needs_key, version = routed
+            handler, needs_key, version, served = routed
             headers = dict(scope["headers"])
             if needs_key and not server.authorized((headers.get(b"authorization") or b"").decode("latin-1")):
                 answer = UNAUTHORIZED
@@ -210,11 +234,11 @@ def create_app(server: ModelServer):
                     message = await receive()
                     body += message.get("body", b"")
                     more = message.get("more_body", False)
-                answer = handler(headers, body, version)
+                answer = handler(headers, body, version, served)
                 if not isinstance(answer, Answer):
                     answer = await answer
             if handler is infer:
-                metrics.observe(name, answer.status, time.perf_counter() - started, answer.rows)
+                metrics.observe(served.name, answer.status, time.perf_counter() - started, answer.rows)
         await send({"type": "http.response.start", "status": answer.status,
                     "headers": [*answer.headers, (b"content-length", str(len(answer.body)).encode())]})
         await send({"type": "http.response.body", "body": answer.body})

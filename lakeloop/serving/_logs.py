@@ -118,11 +118,16 @@ class _Columns:
     __slots__ = ("at", "dtypes", "filled", "room", "rows", "segments", "size", "sources", "strings")
 
     def __init__(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-        # (which dict of the request, its key, the column name) in column order
-        self.sources = [(0, k, k) for k in inputs] + [(1, k, f"output_{k}") for k in outputs]
+        # (which dict of the request, its key, the column name, the index in a row of several values) in
+        # column order; a [N, C] output (class probabilities) becomes C columns output_<name>_<i>
+        self.sources = [(0, k, k, None) for k in inputs]
+        for k, array in outputs.items():
+            width = int(np.prod(array.shape[1:])) if array.ndim > 1 else 1
+            self.sources += [(1, k, f"output_{k}", None)] if width == 1 else [
+                (1, k, f"output_{k}_{i}", i) for i in range(width)]
         self.dtypes: dict[str, np.dtype] = {}
         self.strings: dict[str, list[str]] = {}
-        for side, key, column in self.sources:
+        for side, key, column, _ in self.sources:
             array = (inputs, outputs)[side][key]
             if array.dtype == object:
                 self.strings[column] = []
@@ -143,8 +148,10 @@ class _Columns:
         segment, start = self.segments[-1], self.filled[-1]
         end = start + rows
         sides = (inputs, outputs)
-        for side, key, column in self.sources:
+        for side, key, column, index in self.sources:
             array = sides[side][key]
+            if index is not None:
+                array = array.reshape(rows, -1)[:, index]
             buffer = segment.get(column)
             if buffer is None:
                 if rows == 1:
@@ -164,7 +171,7 @@ class _Columns:
     def table(self, model: str, version: str) -> pa.Table:
         """One row per scored row: the raw inputs, `output_<name>`, served_at, model_name, model_version."""
         columns: dict[str, pa.ChunkedArray] = {}
-        for _, _, column in self.sources:
+        for _, _, column, _ in self.sources:
             if column in self.dtypes:
                 parts = [pa.array(segment[column][:filled]) for segment, filled in zip(self.segments, self.filled,
                                                                                           strict=True)]

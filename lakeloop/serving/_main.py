@@ -24,9 +24,11 @@ SETTINGS_ENV = "LAKELOOP_SERVE_SETTINGS"  # how the parent hands settings to uvi
 class ServeSettings(BaseModel):
     """Everything `lakeloop serve` needs; the CLI fills it from flags and environment."""
 
-    name: str = Field(description="Model name in the V2 URLs (and in the registry with --model).")
+    name: str = Field("", description="Model name in the V2 URLs of the --onnx file.")
     onnx: str | None = Field(None, description="Serve this local ONNX file.")
-    from_registry: bool = Field(False, description="Serve `name@alias` from the signed registry.")
+    models: list[str] = Field([], description="Serve these registered models (`NAME@alias`, signed registry).")
+    all_models: bool = Field(False, description="Serve every registered model whose alias is set, found as they "
+                                                "are registered.")
     alias: str = "production"
     registry: str = "lakeloop-models"
     host: str = "127.0.0.1"
@@ -71,19 +73,30 @@ def build(settings: ServeSettings) -> ModelServer:
         from lakeloop.data._lakefs import lakefs_client as make_client
 
         lakefs_client = make_client(settings.lakefs_endpoint, vault, LAKEFS_PATH)
-    source: ModelSource
-    if settings.from_registry:
+    sources: dict[str, ModelSource] = {}
+    discover = source_of = None
+    if settings.models or settings.all_models:
         if lakefs_client is None or vault is None:
             raise ConfigError("serving from the registry needs lakeFS and Vault: set LAKELOOP_LAKEFS_URL (or "
                               "--lakefs-endpoint) and VAULT_ADDR with credentials (e.g. `source .lakeloop/env`)")
         from lakeloop.registry import Registry, VaultSigner
 
         registry = Registry(lakefs_client, settings.registry, VaultSigner(vault))
-        source = RegistrySource(registry, settings.name, settings.alias, Path(settings.cache_dir) / "models")
+        cache, alias = Path(settings.cache_dir) / "models", settings.alias
+
+        def source_of(name: str) -> ModelSource:
+            return RegistrySource(registry, name, alias, cache)
+
+        sources = {name: source_of(name) for name in settings.models}
+        if settings.all_models:
+            def discover() -> list[str]:
+                return [n for n in registry.models() if registry.alias(n, alias) is not None]
+        else:
+            source_of = None
     else:
         if not settings.onnx:
-            raise ConfigError("give --onnx FILE or --model NAME")
-        source = FileSource(Path(settings.onnx))
+            raise ConfigError("give --onnx FILE, --model NAME or --all-models")
+        sources = {settings.name: FileSource(Path(settings.onnx))}
     keys = None
     if vault is not None:
         def keys() -> frozenset[str]:
@@ -100,8 +113,8 @@ def build(settings: ServeSettings) -> ModelServer:
                 else DirectorySink(Path(settings.log_dir)) if settings.log_dir else None)
         if sink is not None:
             inference_log = InferenceLogger(sink, interval=settings.log_interval)
-    return ModelServer(settings.name, source, settings.tuning, settings.max_batch, keys, inference_log,
-                       settings.poll_seconds)
+    return ModelServer(sources, settings.tuning, settings.max_batch, keys, inference_log, settings.poll_seconds,
+                       discover=discover, source_of=source_of)
 
 
 def app_from_environment():
@@ -114,8 +127,13 @@ def app_from_environment():
 
 def describe(settings: ServeSettings) -> list[str]:
     """What the server will do, for the start-up banner (no secrets)."""
-    source = (f"{settings.registry}: {settings.name}@{settings.alias} (signed, verified on load)"
-              if settings.from_registry else settings.onnx)
+    if settings.all_models:
+        source = f"{settings.registry}: every model's @{settings.alias} (signed, verified on load)"
+    elif settings.models:
+        source = f"{settings.registry}: " + ", ".join(f"{m}@{settings.alias}" for m in settings.models) + (
+            " (signed, verified on load)")
+    else:
+        source = f"{settings.name}: {settings.onnx}"
     auth = ("API keys from Vault" if settings.vault else
             f"{len(settings.api_keys)} API key(s) from --api-key/LAKELOOP_API_KEYS" if settings.api_keys else
             "NONE: anyone who can reach the port can use it (give --api-key or Vault)")

@@ -19,8 +19,8 @@ class Metrics:
         self.bucket_counts = [0] * (len(BUCKETS) + 1)
         self.latency_sum = 0.0
         self.latency_count = 0
-        self.swaps: dict[str, int] = defaultdict(int)  # outcome -> count
-        self.model_info: dict[str, str] = {}
+        self.swaps: dict[tuple[str, str], int] = defaultdict(int)  # (model, outcome) -> count
+        self.model_info: dict[str, dict[str, str]] = {}  # model -> {version, sha256}
         self.gauges: dict[str, float] = {}
 
     def observe(self, model: str, code: int, seconds: float, rows: int = 0) -> None:
@@ -46,14 +46,15 @@ class Metrics:
             lines.append(f'lakeloop_inference_latency_seconds_bucket{{le="{le}"}} {cumulative}')
         lines += [f"lakeloop_inference_latency_seconds_sum {self.latency_sum}",
                   f"lakeloop_inference_latency_seconds_count {self.latency_count}",
-                  "# HELP lakeloop_model_info The model version being served (value 1).",
+                  "# HELP lakeloop_model_info The version each model serves (value 1).",
                   "# TYPE lakeloop_model_info gauge"]
-        if self.model_info:
-            labels = ",".join(f'{k}="{v}"' for k, v in self.model_info.items())
+        for model, info in sorted(self.model_info.items()):
+            labels = ",".join(f'{k}="{v}"' for k, v in {"model": model, **info}.items())
             lines.append(f"lakeloop_model_info{{{labels}}} 1")
-        lines += ["# HELP lakeloop_model_swaps_total Hot swaps by outcome (swapped, refused).",
+        lines += ["# HELP lakeloop_model_swaps_total Hot swaps by model and outcome (swapped, refused).",
                   "# TYPE lakeloop_model_swaps_total counter"]
-        lines += [f'lakeloop_model_swaps_total{{outcome="{o}"}} {n}' for o, n in sorted(self.swaps.items())]
+        lines += [f'lakeloop_model_swaps_total{{model="{m}",outcome="{o}"}} {n}'
+                  for (m, o), n in sorted(self.swaps.items())]
         for name, value in sorted(self.gauges.items()):
             lines += [f"# TYPE {name} gauge", f"{name} {value}"]
         return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -52,7 +53,16 @@ class LoadedModel:
                 "inputs": [{"name": s.name, "datatype": s.datatype, "shape": [-1, 1]} for s in self.inputs.values()],
                 "outputs": [{"name": o.name, "datatype": V2_OF_ONNX.get(o.type, o.type),
                              "shape": [d if isinstance(d, int) else -1 for d in o.shape]}
-                            for o in self.session.get_outputs()]}
+                            for o in self.session.get_outputs()],
+                "parameters": self.parameters()}
+
+    def parameters(self) -> dict:
+        """What a lakeloop model says about itself (task, label, class names in output order); {} for others."""
+        meta = self.session.get_modelmeta().custom_metadata_map
+        found = {key: meta[f"lakeloop.{key}"] for key in ("task", "label") if f"lakeloop.{key}" in meta}
+        if "lakeloop.classes" in meta:
+            found["classes"] = json.loads(meta["lakeloop.classes"])
+        return found
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         names = outputs or self.outputs
@@ -110,9 +120,10 @@ def load(path: Path, name: str, version: str, tuning: Tuning | None = None) -> L
     if partial is not None and partial.exists():
         os.replace(partial, cached)
     inputs = {}
+    nullable = set(json.loads(session.get_modelmeta().custom_metadata_map.get("lakeloop.nullable", "[]")))
     for node in session.get_inputs():
         datatype = V2_OF_ONNX.get(node.type)
         if datatype is None:
             raise ServingError(f"{path}: input {node.name!r} has type {node.type}, which V2 cannot carry")
-        inputs[node.name] = InputSpec(node.name, datatype)
+        inputs[node.name] = InputSpec(node.name, datatype, node.name in nullable)
     return LoadedModel(name, version, path, session, inputs, [o.name for o in session.get_outputs()], sha)

@@ -31,10 +31,13 @@ class V2Error(ValueError):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One input the model declares: name and V2 datatype (shape is [N, 1] or [N])."""
+    """One input the model declares: name and V2 datatype (shape is [N, 1] or [N]), and whether the model
+    takes missing values in it (NaN or JSON null for numbers, null for strings: a lakeloop model says so in
+    its `lakeloop.nullable` metadata; any other model's inputs must be finite)."""
 
     name: str
     datatype: str
+    nullable: bool = False
 
 
 @dataclass
@@ -86,7 +89,7 @@ def parse(body: bytes, header_length: str | None, specs: dict[str, InputSpec], m
         else:
             arrays[name] = value
     if fp32_json:
-        arrays.update(_fp32_columns(fp32_json, rows))
+        arrays.update(_fp32_columns(fp32_json, rows, specs))
     if offset != len(binary):
         raise V2Error(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
     missing = [n for n in specs if n not in arrays]
@@ -130,19 +133,19 @@ def _input(tensor: object, specs: dict[str, InputSpec], binary: memoryview, offs
         if type(size) is not int or size < 0 or offset + size > len(binary):
             raise V2Error(f"input {name!r} claims {size!r} bytes of binary data but only "
                           f"{len(binary) - offset} are left in the body")
-        array = _from_binary(name, spec.datatype, binary[offset:offset + size], rows)
+        array = _from_binary(name, spec.datatype, binary[offset:offset + size], rows, spec.nullable)
         offset += size
     elif "data" in tensor:
         data = tensor["data"]
         if datatype == "FP32" and type(data) is list:
             return name, rows, data, offset
-        array = _from_json(name, spec.datatype, data, rows)
+        array = _from_json(name, spec.datatype, data, rows, spec.nullable)
     else:
         raise V2Error(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
     return name, rows, array.reshape(rows, 1), offset
 
 
-def _fp32_columns(columns: dict[str, list], rows: int) -> dict[str, np.ndarray]:
+def _fp32_columns(columns: dict[str, list], rows: int, specs: dict[str, InputSpec]) -> dict[str, np.ndarray]:
     """All FP32 JSON inputs as one [k, rows] block (views of it per input); on any problem, convert
     input by input so the error names the input at fault."""
     try:
@@ -151,41 +154,62 @@ def _fp32_columns(columns: dict[str, list], rows: int) -> dict[str, np.ndarray]:
     except (ValueError, TypeError):
         ok = False
     if not ok:
-        return {name: _from_json(name, "FP32", data, rows).reshape(rows, 1) for name, data in columns.items()}
+        return {name: _from_json(name, "FP32", data, rows, specs[name].nullable).reshape(rows, 1)
+                for name, data in columns.items()}
     block = block.reshape(len(columns), rows)
     return {name: block[i].reshape(rows, 1) for i, name in enumerate(columns)}
 
 
-def _check_finite(name: str, array: np.ndarray) -> None:
+def _check_finite(name: str, array: np.ndarray, nullable: bool = False) -> None:
     # One float64 reduction instead of isfinite().all(): the sum of float32 values cannot overflow
     # float64, so it is finite exactly when every value is (NaN and ±inf propagate).
-    if not math.isfinite(np.add.reduce(array, dtype=np.float64)):
-        raise V2Error(f"input {name!r} contains NaN or infinity")
+    if math.isfinite(np.add.reduce(array, dtype=np.float64)):
+        return
+    if not nullable:
+        raise V2Error(f"input {name!r} contains NaN or infinity (this model takes no missing values in it)")
+    if np.isinf(array).any():  # NaN is a missing value the model handles; infinity is never a value
+        raise V2Error(f"input {name!r} contains infinity")
 
 
-def _from_json(name: str, datatype: str, data: object, rows: int) -> np.ndarray:
+def _from_json(name: str, datatype: str, data: object, rows: int, nullable: bool = False) -> np.ndarray:
     if not isinstance(data, list):
         raise V2Error(f"input {name!r}: 'data' must be a list")
     if datatype == "BYTES":
         flat = data if (not data or not isinstance(data[0], list)) else [v for row in data for v in row]
         if len(flat) != rows:
             raise V2Error(f"input {name!r} has {len(flat)} values for shape [{rows}, 1]")
+        if nullable:  # null is a missing category: the model's "" (its missing bucket)
+            flat = ["" if v is None else v for v in flat]
         if not all(isinstance(v, str) for v in flat):
-            raise V2Error(f"input {name!r} (BYTES) must hold strings")
+            raise V2Error(f"input {name!r} (BYTES) must hold strings" + ("" if nullable else
+                                                                         " (this model takes no nulls in it)"))
         return np.array(flat, dtype=object)
     try:
         array = np.asarray(data, dtype=NUMPY_OF[datatype])
     except (ValueError, TypeError):
-        raise V2Error(f"input {name!r} ({datatype}) holds values that are not numbers of that type, "
-                      "or rows of different lengths") from None
+        array = _with_nulls(name, datatype, data) if nullable else None
+        if array is None:
+            raise V2Error(f"input {name!r} ({datatype}) holds values that are not numbers of that type, "
+                          "or rows of different lengths") from None
     if array.size != rows:
         raise V2Error(f"input {name!r} has {array.size} values for shape [{rows}, 1]")
     if datatype == "FP32":
-        _check_finite(name, array)
+        _check_finite(name, array, nullable)
     return array
 
 
-def _from_binary(name: str, datatype: str, raw: memoryview, rows: int) -> np.ndarray:
+def _with_nulls(name: str, datatype: str, data: list) -> np.ndarray | None:
+    """FP32 JSON data with nulls (missing values) as NaN; None if it holds anything else but numbers."""
+    if datatype != "FP32":
+        return None
+    flat = data if (not data or not isinstance(data[0], list)) else [v for row in data for v in row]
+    try:
+        return np.array([np.nan if v is None else v for v in flat], dtype=np.float32)
+    except (ValueError, TypeError):
+        return None
+
+
+def _from_binary(name: str, datatype: str, raw: memoryview, rows: int, nullable: bool = False) -> np.ndarray:
     if datatype == "BYTES":
         values, pos = [], 0
         try:
@@ -207,7 +231,7 @@ def _from_binary(name: str, datatype: str, raw: memoryview, rows: int) -> np.nda
                       f"({rows * dtype.itemsize} expected)")
     array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
     if datatype == "FP32":
-        _check_finite(name, array)
+        _check_finite(name, array, nullable)
     return array
 
 

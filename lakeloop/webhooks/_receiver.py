@@ -1,8 +1,9 @@
 """The webhook receiver: lakeFS actions and CI systems in, Prefect events out.
 
-    POST /hooks/lakefs    a lakeFS actions webhook (post-merge / post-commit on a watched branch)
-                          -> `lakeloop.data.published` (what the `retrain` trigger listens for)
-    POST /hooks/retrain   a CI system asks for retraining -> `lakeloop.retrain.requested`
+    POST /hooks/lakefs?project=NAME   a lakeFS actions webhook (post-merge / post-commit on a watched
+                          branch) -> `lakeloop.data.published` for project NAME (what its `retrain`
+                          trigger listens for; `lakeloop project add` installs the action with its name)
+    POST /hooks/retrain   a CI system asks for retraining of `project` -> `lakeloop.retrain.requested`
     GET  /healthz         open
 
 Both hooks need `Authorization: Bearer <token>` (the token lives in Vault at lakeloop/webhook),
@@ -34,7 +35,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from lakeloop.errors import LakeloopError
-from lakeloop.events import DATA_PUBLISHED, event_id, lakefs_key
+from lakeloop.events import DATA_PUBLISHED, RETRAIN_REQUESTED, data_resource, event_id, lakefs_key, project_resource
+from lakeloop.project import NAME_RE
 
 log = logging.getLogger("lakeloop.webhooks")
 LAKEFS_REQUIRED = ("event_type", "repository_id", "branch_id", "commit_id")
@@ -134,15 +136,16 @@ def create_app(token: Callable[[], str], events: PrefectEvents, deliveries: Deli
         if missing:
             return JSONResponse({"error": f"not a lakeFS actions payload: missing {', '.join(missing)} (expected "
                                           f"{', '.join(LAKEFS_REQUIRED)})"}, 400)
+        project = request.query_params.get("project", "")
+        if not NAME_RE.match(project):
+            return JSONResponse({"error": f"the action's url must name the project: /hooks/lakefs?project=NAME "
+                                          f"(got {project!r}); `lakeloop project add` installs it so"}, 400)
         repository, branch, commit = data["repository_id"], data["branch_id"], data["commit_id"]
         if data["event_type"] not in WATCHED_EVENTS or branch not in branches:
             return JSONResponse({"status": "ignored", "reason": f"{data['event_type']} on {branch} is not watched "
                                  f"({', '.join(WATCHED_EVENTS)} on {', '.join(branches)})"}, 202)
         key = lakefs_key(repository, commit, data["event_type"])
-        event = _event(DATA_PUBLISHED, key,
-                       {"prefect.resource.id": f"lakefs.{repository}.{branch}",
-                        "prefect.resource.name": f"{repository}/{branch}",
-                        "lakefs.repository": repository, "lakefs.branch": branch},
+        event = _event(DATA_PUBLISHED, key, data_resource(repository, branch, project),
                        {"commit_id": commit, "source": "lakefs-webhook", "lakefs_event": data["event_type"],
                         "action": data.get("action_name", ""), "source_ref": data.get("source_ref", ""),
                         "committer": data.get("committer", ""), "batch_id": data.get("commit_metadata", {})
@@ -156,6 +159,10 @@ def create_app(token: Callable[[], str], events: PrefectEvents, deliveries: Deli
         data = read_json(body)
         if isinstance(data, JSONResponse):
             return data
+        project = data.get("project")
+        if not isinstance(project, str) or not NAME_RE.match(project):
+            return JSONResponse({"error": f"give the 'project' to retrain (its name in lakeloop.yaml; got "
+                                          f"{project!r}): `lakeloop project list` shows them"}, 400)
         reason = data.get("reason")
         if not isinstance(reason, str) or not reason.strip():
             return JSONResponse({"error": "give a 'reason' (string): it goes into the run's audit trail"}, 400)
@@ -163,8 +170,7 @@ def create_app(token: Callable[[], str], events: PrefectEvents, deliveries: Deli
         if ref is not None and not isinstance(ref, str):
             return JSONResponse({"error": "'ref' must be a string (a branch, tag or commit id)"}, 400)
         key = "retrain:" + (request.headers.get("idempotency-key") or hashlib.sha256(body).hexdigest())
-        event = _event("lakeloop.retrain.requested", key,
-                       {"prefect.resource.id": "lakeloop.retrain", "prefect.resource.name": "retrain"},
+        event = _event(RETRAIN_REQUESTED, key, project_resource(project),
                        {"reason": reason.strip(), "ref": ref, "requested_by": str(data.get("requested_by", ""))})
         return await deliver(key, event)
 

@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from lakeloop.secrets import LAKEFS_PATH, WEBHOOK_PATH
+from lakeloop.secrets import LAKEFS_PATH, SERVING_PATH, WEBHOOK_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"prefect", "lakefs", "vault", "serving", "webhook", "worker"}
@@ -60,7 +60,8 @@ def state_dir(tmp_path):
     lakeloop("dev", "down", "--state-dir", str(tmp_path / "state"))
 
 
-def test_up_status_ingest_down(state_dir, tmp_path):
+@pytest.mark.timeout(900)
+def test_up_status_projects_ingest_down(state_dir, tmp_path):
     up = lakeloop("dev", "up", "--state-dir", str(state_dir), "--schedules")
     assert up.returncode == 0, up.stdout + up.stderr
     services = json.loads((state_dir / "stack.json").read_text())["services"]
@@ -77,26 +78,46 @@ def test_up_status_ingest_down(state_dir, tmp_path):
     assert f"LAKELOOP_SERVING_URL={services['serving']['url']}" in env_file
     assert "secret_id" not in env_file and "role_id" not in env_file
 
-    # deployed: every deployment of deployments.yaml, the hourly schedule (active: --schedules), the triggers
+    # projects join the running stack: each gets every deployment of deployments.yaml under its own name,
+    # with its own triggers (and schedule, active with --schedules), and a lakeFS action naming it
     api = services["prefect"]["url"] + "/api"
-    names = {d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}).json()}
-    assert names == {"ingest-data", "train-model", "compress-model", "register-model", "deploy-model",
-                     "rollback-model", "retrain", "monitor-drift"}
-    drift = httpx.get(f"{api}/deployments/name/monitor-drift/monitor-drift").json()
+    assert httpx.post(f"{api}/deployments/filter", json={}).json() == []  # `dev up` alone deploys nothing
+    added = lakeloop("project", "add", "examples/fraud", "--schedules", "--state-dir", str(state_dir))
+    assert added.returncode == 0, added.stdout + added.stderr
+    added = lakeloop("project", "add", str(ROOT / "examples" / "demand"), "--state-dir", str(state_dir))
+    assert added.returncode == 0, added.stdout + added.stderr
+    deployments = httpx.post(f"{api}/deployments/filter", json={}).json()
+    assert sorted(d["name"] for d in deployments) == ["demand"] * 8 + ["fraud"] * 8
+    drift = httpx.get(f"{api}/deployments/name/monitor-drift/fraud").json()
     assert [s["schedule"]["cron"] for s in drift["schedules"]] == ["0 * * * *"] and drift["schedules"][0]["active"]
-    automations = {a["name"] for a in httpx.post(f"{api}/automations/filter", json={}).json() if a["enabled"]}
-    assert {"retrain on drift", "retrain on new data", "retrain on request"} <= automations
-    # the webhook receiver wants its token; lakeFS holds the action that calls it
+    demand = httpx.get(f"{api}/deployments/name/monitor-drift/demand").json()
+    assert not demand["schedules"][0]["active"]  # paused unless asked for
+    assert demand["parameters"]["project"] == str(ROOT / "examples" / "demand")
+    automations = {a["name"]: a for a in httpx.post(f"{api}/automations/filter", json={}).json() if a["enabled"]}
+    for project in ("fraud", "demand"):
+        for why in ("drift", "new data", "request"):
+            assert automations[f"retrain {project} on {why}"]["trigger"]["match"] == {"lakeloop.project": project}
+    listed = lakeloop("project", "list", "--state-dir", str(state_dir))
+    assert listed.returncode == 0 and "retrain/demand" in listed.stdout and "retrain/fraud" in listed.stdout
+    # one data repository per project: a second project on fraud's repository would retrain both on a merge
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    (clash / "lakeloop.yaml").write_text((ROOT / "examples" / "fraud" / "lakeloop.yaml").read_text().replace(
+        "name: fraud", "name: clash"))
+    refused = lakeloop("project", "add", str(clash), "--state-dir", str(state_dir))
+    assert refused.returncode == 1 and "data.repository 'lakeloop-data' is already project 'fraud'" in refused.stderr
+    # the webhook receiver wants its token; lakeFS holds each project's action that calls it
     hook = services["webhook"]["url"]
-    assert httpx.post(f"{hook}/hooks/retrain", json={"reason": "x"}).status_code == 401
+    assert httpx.post(f"{hook}/hooks/retrain", json={"reason": "x", "project": "fraud"}).status_code == 401
     import lakefs
 
     main = lakefs.Repository("lakeloop-data", client=lakefs_client(state_dir, services)).branch("main")
-    with main.object("_lakefs_actions/lakeloop-retrain.yaml").reader("r") as reader:
+    with main.object("_lakefs_actions/lakeloop-fraud.yaml").reader("r") as reader:
         action = reader.read()
-    assert f'url: "{hook}/hooks/lakefs"' in action and "{{ ENV.LAKEFSACTION_WEBHOOK_TOKEN }}" in action
+    assert f'url: "{hook}/hooks/lakefs"' in action and "project: fraud" in action
+    assert "{{ ENV.LAKEFSACTION_WEBHOOK_TOKEN }}" in action
     token = vault_secret(state_dir, services, "webhook", WEBHOOK_PATH)["token"]
-    assert httpx.post(f"{hook}/hooks/retrain", json={}, headers={"Authorization": f"Bearer {token}"}
+    assert httpx.post(f"{hook}/hooks/retrain", json={"project": "fraud"}, headers={"Authorization": f"Bearer {token}"}
                       ).status_code == 400  # authenticated, but no reason given
     logs = "".join(p.read_text(errors="replace") for p in (state_dir / "logs").iterdir())
     assert token not in logs and "secret_id" not in logs
@@ -106,15 +127,24 @@ def test_up_status_ingest_down(state_dir, tmp_path):
     assert [s["pid"] for s in json.loads((state_dir / "stack.json").read_text())["services"].values()] == pids
 
     batch = tmp_path / "b.parquet"
-    assert lakeloop("data", "generate", str(batch), "--rows", "300").returncode == 0
-    # a repository the retrain trigger does not watch, so no run starts on the worker
-    ingest = lakeloop("data", "ingest", str(batch), "--repository", "scratch-repo", "--state-dir", str(state_dir))
+    made = lakeloop("data", "generate", str(batch), "--project", "examples/fraud", "--rows", "300")
+    assert made.returncode == 0 and "wrote 300 rows of fraud" in made.stdout
+    # a project the stack does not run (not added: no deployments, no triggers), so no run starts on the worker
+    scratch = tmp_path / "scratch"
+    shutil.copytree(ROOT / "examples" / "fraud", scratch)
+    (scratch / "lakeloop.yaml").write_text((scratch / "lakeloop.yaml").read_text().replace(
+        "name: fraud", "name: scratch").replace("repository: lakeloop-data", "repository: scratch-repo"))
+    ingest = lakeloop("data", "ingest", str(batch), "--project", str(scratch), "--state-dir", str(state_dir))
     assert ingest.returncode == 0, ingest.stdout + ingest.stderr
-    assert "published 300 rows" in ingest.stdout
+    assert "published 300 rows" in ingest.stdout and "scratch-repo/main" in ingest.stdout
     bad = tmp_path / "bad.txt"
     bad.write_text("not a batch")
-    refused = lakeloop("data", "ingest", str(bad), "--repository", "scratch-repo", "--state-dir", str(state_dir))
+    refused = lakeloop("data", "ingest", str(bad), "--project", str(scratch), "--state-dir", str(state_dir))
     assert refused.returncode == 1 and "error:" in refused.stderr and "Traceback" not in refused.stderr
+    for project in ("fraud", "demand"):  # nothing triggered by scratch's merge (monitor-drift/fraud is scheduled)
+        assert wait_for_runs(api, f"retrain/{project}", 0, timeout=1) == []
+
+    bring_your_own(state_dir, services, tmp_path)
 
     logged = (state_dir / "logs" / "vault.log").read_text()
     assert "Root Token:" not in logged and "Unseal Key:" not in logged and "==> OpenBao server" in logged
@@ -142,7 +172,7 @@ def test_make_run_closes_the_loop_through_the_triggers(loop):
     demo, services, state = loop
     assert demo.returncode == 0, demo.stdout[-6000:] + demo.stderr[-4000:]
     flat = " ".join(demo.stdout.split())
-    assert "transactions-seed7.parquet: published" in flat and "transactions-seed8-broken.csv: quarantined" in flat
+    assert "fraud-seed7.parquet: published" in flat and "fraud-seed8-broken.csv: quarantined" in flat
     assert "column 'merchant_note' failed no_pii_in_free_text in 1 row(s)" in flat
     assert "jane.doe@example.org" not in demo.stdout + demo.stderr
     for candidate in ("fp32", "int8-dynamic", "int8-static-qdq", "pruned", "distilled"):
@@ -156,22 +186,22 @@ def test_make_run_closes_the_loop_through_the_triggers(loop):
 
     # the demo deploys schedules paused: the hourly monitor-drift cannot fire into it at the top of an hour
     api = services["prefect"]["url"] + "/api"
-    drift = httpx.get(f"{api}/deployments/name/monitor-drift/monitor-drift").json()
+    drift = httpx.get(f"{api}/deployments/name/monitor-drift/fraud").json()
     assert [(s["schedule"]["cron"], s["active"]) for s in drift["schedules"]] == [("0 * * * *", False)]
     assert httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [drift["id"]]}}}).json() == []
 
     # the Prefect server agrees: three retrain runs, each created by an automation, all completed
-    retrain = httpx.get(f"{api}/deployments/name/retrain/retrain").json()
+    retrain = httpx.get(f"{api}/deployments/name/retrain/fraud").json()
     runs = httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [retrain["id"]]}},
                                                        "sort": "EXPECTED_START_TIME_ASC"}).json()
     assert [r["state"]["type"] for r in runs] == ["COMPLETED"] * 3
     assert [r["created_by"]["type"] for r in runs] == ["AUTOMATION"] * 3
-    assert [r["created_by"]["display_value"] for r in runs] == ["retrain on new data", "retrain on drift",
-                                                                "retrain on new data"]
+    assert [r["created_by"]["display_value"] for r in runs] == ["retrain fraud on new data", "retrain fraud on drift",
+                                                                "retrain fraud on new data"]
     assert "(lakefs-webhook)" in runs[2]["parameters"]["reason"]  # the merge reached the receiver via the action
     assert runs[1]["parameters"]["reason"].startswith("drift of fraud v1")
     # the model server now serves v3
-    models = lakeloop("models", "list", "--state-dir", str(state))
+    models = lakeloop("models", "list", "--name", "fraud", "--state-dir", str(state))
     assert models.returncode == 0, models.stderr
     assert re.search(r"v3 +│ production", models.stdout) and re.search(r"v2 +│ previous", models.stdout)
 
@@ -194,7 +224,7 @@ def test_prefect_ui_shows_deployments_schedule_and_drift_report(loop):
                           else route.abort())
             page = context.new_page()
             page.goto(f"{base}/v2/deployments")
-            for name in ("retrain", "monitor-drift", "ingest-data", "deploy-model", "rollback-model"):
+            for name in ("retrain", "monitor-drift", "ingest-data", "deploy-model", "rollback-model", "fraud"):
                 expect(page.get_by_role("link", name=name, exact=True).first).to_be_visible(timeout=30_000)
             expect(page.get_by_text("Every hour")).to_be_visible()  # the monitor-drift cron schedule
 
@@ -215,3 +245,128 @@ def test_prefect_ui_shows_deployments_schedule_and_drift_report(loop):
                 expect(page.get_by_role("cell", name=feature, exact=True)).to_be_visible()
         finally:
             browser.close()
+
+
+# -- bring your own data, for each task, on one running stack ------------------------------------------
+
+BYO = (("cancer", "load_breast_cancer", "binary"), ("wine", "load_wine", "multiclass"),
+       ("diabetes", "load_diabetes", "regression"))
+
+
+def byo_frame(loader: str, task: str, seed: int = 0):
+    """A scikit-learn dataset as a team's table: an id, a text label for classes, a few blanks."""
+    import numpy as np
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, loader)(as_frame=True)
+    frame = bunch.frame.rename(columns=lambda c: c.replace(" ", "_").replace("(", "").replace(")", ""))
+    if task == "multiclass":
+        frame["target"] = np.asarray(["barolo", "grignolino", "barbera"], dtype=object)[frame["target"]]
+    rng = np.random.default_rng(seed)
+    first = frame.columns[0]
+    frame.loc[rng.random(len(frame)) < 0.05, first] = np.nan  # missing values the model must take
+    frame.insert(0, "row_id", [f"r{i:05d}" for i in range(len(frame))])
+    return frame
+
+
+def triton_batch(frame, metadata: dict, binary: bool = True) -> list:
+    import numpy as np
+    import tritonclient.http as triton
+
+    inputs = []
+    for spec in metadata["inputs"]:
+        values = frame[spec["name"]].to_numpy()
+        array = (values.astype(str).astype(object) if spec["datatype"] == "BYTES" else
+                 values.astype(np.float32)).reshape(-1, 1)
+        tensor = triton.InferInput(spec["name"], list(array.shape), spec["datatype"])
+        tensor.set_data_from_numpy(array, binary_data=binary)
+        inputs.append(tensor)
+    return inputs
+
+
+def wait_for_runs(api: str, deployment: str, count: int, timeout: float = 600) -> list[dict]:
+    import time
+
+    found = httpx.get(f"{api}/deployments/name/{deployment}").json()
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [found["id"]]}},
+                                                           "sort": "EXPECTED_START_TIME_ASC"}).json()
+        if len(runs) >= count and all(r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+                                      for r in runs):
+            return runs
+        assert time.monotonic() < deadline, f"{deployment}: {[(r['name'], r['state']['type']) for r in runs]}"
+        time.sleep(1)
+
+
+def bring_your_own(state_dir: Path, services: dict, tmp_path: Path) -> None:
+    """init → validate → project add → ingest → triggered retrain → served (tritonclient, binary tensors,
+    NaN) → traffic → monitor-drift's report, for a binary, a multiclass and a regression project at once."""
+    import numpy as np
+    import tritonclient.http as triton
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api = services["prefect"]["url"] + "/api"
+    frames = {}
+    for name, loader, task in BYO:
+        frame = frames[name] = byo_frame(loader, task)
+        source = tmp_path / f"{name}.csv"
+        frame.to_csv(source, index=False)
+        folder = tmp_path / name
+        made = lakeloop("init", str(folder), "--from-data", str(source), "--label", "target", "--id", "row_id")
+        assert made.returncode == 0, made.stdout + made.stderr
+        assert f"task: {task}" in (folder / "lakeloop.yaml").read_text()  # the rules pinned the task
+        with open(folder / "lakeloop.yaml", "a") as f:  # quicker than the defaults; the file is the user's
+            f.write("compression:\n  candidates: [int8-dynamic]\n  latency_repeat: 20\n")
+        (folder / "lakeloop.yaml").write_text((folder / "lakeloop.yaml").read_text().replace(
+            "epochs: 20", "epochs: 8"))
+        checked = lakeloop("validate", str(folder), "--data", str(source))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        added = lakeloop("project", "add", str(folder), "--state-dir", str(state_dir))
+        assert added.returncode == 0, added.stdout + added.stderr
+    for name, _, _ in BYO:  # all three published before any retrain ends: their triggers must not cross
+        ingest = lakeloop("data", "ingest", str(tmp_path / f"{name}.csv"), "--project", str(tmp_path / name),
+                          "--state-dir", str(state_dir))
+        assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+    for name, _, _ in BYO:
+        runs = wait_for_runs(api, f"retrain/{name}", 1)
+        assert [(r["state"]["type"], r["created_by"]["display_value"]) for r in runs] == [
+            ("COMPLETED", f"retrain {name} on new data")], runs
+
+    key = vault_secret(state_dir, services, "serving", SERVING_PATH)["api_keys"].split(",")[0]
+    headers = {"Authorization": f"Bearer {key}"}
+    index = httpx.post(f"{services['serving']['url']}/v2/repository/index", headers=headers).json()
+    assert {(m["name"], m["state"]) for m in index} >= {(n, "READY") for n, _, _ in BYO}
+    client = triton.InferenceServerClient(services["serving"]["url"].removeprefix("http://"))
+    for name, _, task in BYO:
+        metadata = client.get_model_metadata(name, headers=headers)
+        assert metadata["parameters"]["task"] == task
+        rows = frames[name].head(50).copy()
+        rows.iloc[:5, 1] = np.nan  # NaN in binary tensors is a valid input
+        result = client.infer(name, triton_batch(rows, metadata), headers=headers)
+        if task == "binary":
+            probability = result.as_numpy("probability")
+            assert probability.shape == (50, 1) and np.all((probability >= 0) & (probability <= 1))
+        elif task == "multiclass":
+            probabilities = result.as_numpy("probabilities")
+            assert probabilities.shape == (50, 3) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+            assert sorted(metadata["parameters"]["classes"]) == ["barbera", "barolo", "grignolino"]
+        else:
+            assert result.as_numpy("prediction").shape == (50, 1)
+            assert np.isfinite(result.as_numpy("prediction")).all()
+        for start in range(0, 400, 40):  # traffic, logged for monitor-drift (its minimum is 100 rows)
+            client.infer(name, triton_batch(frames[name].iloc[start % len(frames[name]):][:40], metadata),
+                         headers=headers)
+    import time
+
+    time.sleep(5)  # the server writes its inference logs every 2 s
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        for name, _, _ in BYO:
+            run = run_deployment(f"monitor-drift/{name}", parameters={"drift": {"window_hours": 1}}, timeout=300)
+            assert run.state.is_completed(), run.state
+    reports = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["drift-report"]}}}).json()
+    described = {a["description"].split(" v")[0] for a in reports}
+    assert {n for n, _, _ in BYO} <= described, described
+    for name in ("fraud", "demand"):  # added, never fed: their triggers saw the others' events and did nothing
+        assert wait_for_runs(api, f"retrain/{name}", 0, timeout=1) == []

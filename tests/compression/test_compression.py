@@ -14,18 +14,18 @@ from lakeloop.compression import compress, export_onnx, onnx_inputs
 from lakeloop.compression.candidates import Measurement, gate, prune_units, session
 from lakeloop.config import CompressionConfig, TrainingConfig
 from lakeloop.data import pseudonymise
-from lakeloop.data.generate import DriftKnobs, generate_transactions
 from lakeloop.modeling.features import FeatureSpec
 from lakeloop.modeling.nets import TabularNet
 from lakeloop.modeling.run import launch, prepare_run
 from lakeloop.project import resolve_project
+from tests._examples import DriftKnobs, generate_transactions
 
 FRAUD = resolve_project("fraud")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
-    frame = pseudonymise(generate_transactions(12_000, seed=5), b"k" * 32)
+    frame = pseudonymise(generate_transactions(12_000, seed=5), b"k" * 32, FRAUD.pii_columns)
     config = TrainingConfig(epochs=3, pos_weight=5.0, work_root=str(tmp_path_factory.mktemp("runs")))
     workdir = prepare_run(FRAUD, frame, "e" * 64, config, {})
     launch(workdir, config)

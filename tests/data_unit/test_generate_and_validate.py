@@ -5,8 +5,14 @@ from __future__ import annotations
 import pandas as pd
 
 from lakeloop.data import ValidationReport, pseudonymise, validate_batch
-from lakeloop.data.generate import DriftKnobs, generate_transactions
-from lakeloop.schemas import PublishedTransactionsSchema, RawTransactionsSchema
+from tests._examples import (
+    FRAUD_PII,
+    FRAUD_SENSITIVE,
+    DriftKnobs,
+    PublishedTransactionsSchema,
+    RawTransactionsSchema,
+    generate_transactions,
+)
 
 
 def test_generator_is_seeded_and_valid():
@@ -43,7 +49,7 @@ def test_parallel_and_serial_validation_agree():
 
 def test_pseudonyms_are_keyed_stable_and_valid():
     frame = generate_transactions(500, seed=8)
-    one, again, other = (pseudonymise(frame, k) for k in (b"a" * 32, b"a" * 32, b"b" * 32))
+    one, again, other = (pseudonymise(frame, k, FRAUD_PII) for k in (b"a" * 32, b"a" * 32, b"b" * 32))
     assert one["customer_email"].equals(again["customer_email"])
     assert not one["customer_email"].equals(other["customer_email"])
     same_customer = frame["customer_email"] == frame["customer_email"].iloc[0]
@@ -55,7 +61,7 @@ def test_pseudonyms_are_keyed_stable_and_valid():
 def test_report_renders_without_pii():
     frame = generate_transactions(50, seed=1)
     frame.loc[frame.index[2], "merchant_note"] = "card 4111 1111 1111 1111"
-    report = validate_batch(frame, RawTransactionsSchema, "notes.csv")
+    report = validate_batch(frame, RawTransactionsSchema, "notes.csv", sensitive=FRAUD_SENSITIVE)
     assert not report.passed
     for text in (report.summary(), report.to_markdown(), report.to_json()):
         assert "4111" not in text

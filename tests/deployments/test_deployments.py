@@ -14,7 +14,7 @@ import pytest
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 
-from lakeloop.data.generate import generate_transactions
+from tests._examples import generate_transactions
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.lakefs
@@ -32,7 +32,7 @@ def test_deploy_and_run_through_a_process_worker(data_blocks, lakefs_server, tmp
     deployed = prefect_cli("deploy", "--prefect-file", "deployments.yaml", "--all")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     api = PREFECT_API_URL.value()
-    drift = httpx.get(f"{api}/deployments/name/monitor-drift/monitor-drift").json()
+    drift = httpx.get(f"{api}/deployments/name/monitor-drift/fraud").json()
     assert [s["schedule"]["cron"] for s in drift["schedules"]] == ["0 * * * *"]
     automations = httpx.post(f"{api}/automations/filter", json={}).json()
     retrain_triggers = {e for a in automations for e in a["trigger"].get("expect", [])
@@ -42,7 +42,7 @@ def test_deploy_and_run_through_a_process_worker(data_blocks, lakefs_server, tmp
     batch = tmp_path / "batch.parquet"
     generate_transactions(400, seed=31).to_parquet(batch)
     repository = f"w-{uuid.uuid4().hex[:10]}"
-    flow_run = run_deployment("ingest-data/ingest-data", timeout=0, parameters={
+    flow_run = run_deployment("ingest-data/fraud", timeout=0, parameters={
         "source": str(batch), "data": {"repository": repository, "lakefs_block": data_blocks,
                                        "storage_namespace": f"{lakefs_server.namespace_prefix}/{repository}"}})
     worker = prefect_cli("worker", "start", "--pool", "lakeloop-process", "--run-once", timeout=240)
@@ -87,7 +87,7 @@ def test_kubernetes_pools_render_gpu_and_cpu_jobs(prefect_api):
         values |= found["job_variables"]
         return apply_values(pool["job_configuration"], values)["job_manifest"]
 
-    train = job_of("retrain/retrain")["spec"]["template"]["spec"]
+    train = job_of("retrain/fraud")["spec"]["template"]["spec"]
     container = train["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert container["resources"]["requests"] == {"cpu": "32", "memory": "256Gi"}
@@ -95,13 +95,40 @@ def test_kubernetes_pools_render_gpu_and_cpu_jobs(prefect_api):
     assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert container["image"] == "lakeloop-pipeline:0.1.0" and train["serviceAccountName"] == "lakeloop-pipeline"
 
-    drift = job_of("monitor-drift/monitor-drift")["spec"]["template"]["spec"]
+    drift = job_of("monitor-drift/fraud")["spec"]["template"]["spec"]
     limits = drift["containers"][0]["resources"]["limits"]
     assert "nvidia.com/gpu" not in limits and limits == {"cpu": "8", "memory": "16Gi"}
-    rollback = job_of("rollback-model/rollback-model")["spec"]["template"]["spec"]
+    rollback = job_of("rollback-model/fraud")["spec"]["template"]["spec"]
     assert rollback["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
     assert rollback["containers"][0]["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
     env = {e["name"]: e["value"] for e in drift["containers"][0]["env"]} if isinstance(
         drift["containers"][0]["env"], list) else drift["containers"][0]["env"]
     assert env["LAKELOOP_SERVING_URL"] == "http://lakeloop-serve.lakeloop.svc:8080"
     assert not any("secret" in str(v).lower() or "token" in str(v).lower() for v in env.values())
+
+
+def test_deployments_yaml_renders_for_any_project():
+    """`lakeloop project add`'s rendering: every deployment under the project's name, its folder as the
+    parameter, triggers on its own events only, schedules paused unless asked for."""
+    import yaml
+
+    from lakeloop.devstack.projects import render
+    from lakeloop.project import resolve_project
+
+    template = yaml.safe_load((ROOT / "deployments.yaml").read_text())
+    demand = resolve_project(ROOT / "examples" / "demand")
+    spec = render(template, demand, schedules=False)
+    assert [d["name"] for d in template["deployments"]] == ["fraud"] * 8  # the template is left alone
+    assert [d["name"] for d in spec["deployments"]] == ["demand"] * 8
+    assert all("project:demand" in d["tags"] and "project:fraud" not in d["tags"] for d in spec["deployments"])
+    with_project = [d for d in spec["deployments"] if "project" in (d.get("parameters") or {})]
+    assert {d["entrypoint"].split(":")[1] for d in with_project} == {
+        "ingest_data", "train_model", "deploy_model", "rollback_model", "retrain", "monitor_drift"}
+    assert {d["parameters"]["project"] for d in with_project} == {demand.root}
+    triggers = [t for d in spec["deployments"] for t in d.get("triggers") or []]
+    assert sorted(t["name"] for t in triggers) == ["retrain demand on drift", "retrain demand on new data",
+                                                   "retrain demand on request"]
+    assert all(t["match"] == {"lakeloop.project": "demand"} for t in triggers)
+    assert [s["active"] for d in spec["deployments"] for s in d.get("schedules") or []] == [False]
+    assert [s["active"] for d in render(template, demand, True)["deployments"] for s in d.get("schedules") or []] == [
+        True]

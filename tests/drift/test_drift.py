@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lakeloop.data.generate import DriftKnobs, generate_transactions
 from lakeloop.drift import DriftThresholds, Reference, js_distance, psi
 from lakeloop.errors import DriftError
+from tests._examples import DriftKnobs, generate_transactions
 
 FEATURES = ["amount", "customer_age", "account_age_days", "distance_from_home_km", "transactions_last_24h",
             "merchant_category", "country", "channel"]

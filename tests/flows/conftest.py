@@ -9,7 +9,7 @@ import pytest
 
 from flows.ingest import IngestResult, ingest_data
 from lakeloop.config import DataConfig
-from lakeloop.data.generate import generate_transactions
+from tests._examples import FRAUD_DIR, generate_transactions
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def publish(tmp_path, data_blocks, lakefs_server) -> Callable[[int, int], tuple[
         data = DataConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
         batch = tmp_path / f"batch-{seed}.parquet"
         generate_transactions(rows, seed=seed).to_parquet(batch)
-        return data, ingest_data(str(batch), data=data)
+        return data, ingest_data(str(batch), project=FRAUD_DIR, data=data)
 
     return _publish
 

@@ -21,6 +21,7 @@ from lakeloop.modeling.nets import TabularNet
 from lakeloop.project import resolve_project
 from lakeloop.secrets import SERVING_PATH, VaultClient, VaultSettings
 from tests._events import prefect_events
+from tests._examples import FRAUD_DIR
 from tests.serving.conftest import lakeloop_serve
 
 pytestmark = pytest.mark.lakefs
@@ -62,18 +63,18 @@ def test_deploy_reject_and_roll_back(tmp_path, publish, registry_for, lakefs_ser
         assert httpx.get(f"{served.url}/v2/health/ready").status_code == 503  # nothing promoted yet
         deploy = DeployConfig(server_url=served.url, work_root=str(tmp_path / "deploy"), smoke_rows=64)
 
-        first = deploy_model(1, data=data, registry=registry_config, deploy=deploy)
+        first = deploy_model(1, project=FRAUD_DIR, data=data, registry=registry_config, deploy=deploy)
         assert first.status == "deployed" and first.previous is None and first.smoke_rows == 64
         assert registry.alias("fraud", "production") == 1
         assert httpx.get(f"{served.url}/v2/health/ready").status_code == 200
 
-        worse = deploy_model(2, data=data, registry=registry_config, deploy=deploy)
+        worse = deploy_model(2, project=FRAUD_DIR, data=data, registry=registry_config, deploy=deploy)
         assert worse.status == "rejected" and registry.alias("fraud", "production") == 1
         assert worse.gate.challenger_score < worse.gate.champion_score - deploy.tolerance
 
         # v3 scores as v1 does on real rows (it passes the gate) but answers NaN for amount 0: the
         # server's smoke inference refuses it inside the transaction, which rolls everything back.
-        state = deploy_model(3, data=data, registry=registry_config, deploy=deploy,
+        state = deploy_model(3, project=FRAUD_DIR, data=data, registry=registry_config, deploy=deploy,
                              return_state=True)
         assert state.is_failed()
         error = state.result(raise_on_failure=False)
@@ -89,8 +90,9 @@ def test_deploy_reject_and_roll_back(tmp_path, publish, registry_for, lakefs_ser
         assert "refused v3" in served.output()
 
         registry.register("fraud", {"model.onnx": good}, {"variant": "good-again", **lineage}, actor="test")
-        assert deploy_model(4, data=data, registry=registry_config, deploy=deploy).status == "deployed"
-        assert rollback_model("bad canary", registry=registry_config, deploy=deploy) == 1
+        fourth = deploy_model(4, project=FRAUD_DIR, data=data, registry=registry_config, deploy=deploy)
+        assert fourth.status == "deployed"
+        assert rollback_model(FRAUD_DIR, "bad canary", registry=registry_config, deploy=deploy) == 1
         answer = httpx.get(f"{served.url}/v2/models/fraud", headers={"Authorization": f"Bearer {key}"})
         assert answer.json()["versions"] == ["1"] and registry.alias("fraud", "previous") == 4
 

@@ -14,13 +14,13 @@ import pytest
 from flows.drift import monitor_drift
 from lakeloop.config import DriftConfig
 from lakeloop.data._wap import read_dataset
-from lakeloop.data.generate import DriftKnobs, generate_transactions
 from lakeloop.deploy import raw_inputs
 from lakeloop.drift import DriftThresholds
 from lakeloop.modeling.features import FeatureSpec
 from lakeloop.project import resolve_project
 from lakeloop.serving import InferenceLogger, LakeFSSink
 from tests._events import prefect_events
+from tests._examples import FRAUD_DIR, DriftKnobs, generate_transactions
 from tests.flows.test_deploy import trained_model
 
 pytestmark = pytest.mark.lakefs
@@ -45,7 +45,7 @@ def test_monitor_drift_confirms_reports_and_cools_down(tmp_path, publish, regist
     config = DriftConfig(window_hours=1, min_rows=100, confirm_windows=2, cooldown_hours=1,
                          work_root=str(tmp_path / "drift"), thresholds=DriftThresholds(key_features=["amount"]))
 
-    assert monitor_drift(data=data, registry=registry, drift=config).status == "no model"
+    assert monitor_drift(project=FRAUD_DIR, data=data, registry=registry, drift=config).status == "no model"
 
     model = trained_model(frame, tmp_path / "model.onnx")
     (tmp_path / "features.json").write_text(FeatureSpec.fit(resolve_project("fraud"), frame).to_json())
@@ -57,7 +57,7 @@ def test_monitor_drift_confirms_reports_and_cools_down(tmp_path, publish, regist
 
     serve_rows(generate_transactions(1_500, seed=42), model, sink, "1")
     normal_end = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
-    calm = monitor_drift(data=data, registry=registry, drift=config, window_end=normal_end)
+    calm = monitor_drift(project=FRAUD_DIR, data=data, registry=registry, drift=config, window_end=normal_end)
     assert calm.status == "no drift" and calm.rows == 1_500 and calm.drifted == []
     assert set(calm.scores) >= {"amount", "country", "output_probability"}
 
@@ -70,8 +70,8 @@ def test_monitor_drift_confirms_reports_and_cools_down(tmp_path, publish, regist
     def after_normal(seconds: int):  # consecutive windows that all start where the normal traffic ended
         window_end = end + dt.timedelta(seconds=seconds)
         hours = (window_end - normal_end).total_seconds() / 3600
-        return monitor_drift(data=data, registry=registry, drift=config.model_copy(update={"window_hours": hours}),
-                             window_end=window_end)
+        return monitor_drift(project=FRAUD_DIR, data=data, registry=registry,
+                             drift=config.model_copy(update={"window_hours": hours}), window_end=window_end)
 
     first = after_normal(0)
     assert first.status == "drift (unconfirmed)" and not first.event_emitted and first.rows == 1_500
@@ -113,16 +113,16 @@ def test_labelled_rows_published_since_the_model_count_as_drift_when_it_does_wor
     reg.promote("fraud", 1, "production", actor="test")
     config = DriftConfig(window_hours=1, confirm_windows=1, cooldown_hours=0, work_root=str(tmp_path / "drift"))
 
-    quiet = monitor_drift(data=data, registry=registry, drift=config)
+    quiet = monitor_drift(project=FRAUD_DIR, data=data, registry=registry, drift=config)
     assert quiet.status == "no data" and quiet.performance is None  # nothing labelled since the model's commit
 
     # a newly labelled batch whose labels no longer follow the features the model learnt from
     moved = generate_transactions(3_000, seed=52)
     moved["is_fraud"] = moved["is_fraud"].sample(frac=1.0, random_state=0).to_numpy()
     moved.to_parquet(tmp_path / "moved.parquet")
-    head = ingest_data(str(tmp_path / "moved.parquet"), data=data).commit_id
+    head = ingest_data(str(tmp_path / "moved.parquet"), project=FRAUD_DIR, data=data).commit_id
 
-    outcome = monitor_drift(data=data, registry=registry, drift=config)
+    outcome = monitor_drift(project=FRAUD_DIR, data=data, registry=registry, drift=config)
     perf = outcome.performance
     assert perf is not None and perf.rows == 3_000 and perf.since_commit == published.commit_id
     assert perf.head_commit == head and perf.at_training == pytest.approx(at_training)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import lakefs
 import pandas as pd
@@ -13,10 +15,10 @@ import pytest
 from flows.ingest import ingest_data
 from lakeloop.config import DataConfig
 from lakeloop.data._wap import data_path, report_paths
-from lakeloop.data.generate import generate_transactions
 from lakeloop.errors import DataValidationError
-from lakeloop.project import resolve_project
+from lakeloop.project import project_documents, resolve_project
 from tasks.data import pull
+from tests._examples import FRAUD_DIR, generate_transactions
 
 pytestmark = pytest.mark.lakefs
 
@@ -44,7 +46,7 @@ def test_good_batch_is_published_with_provenance(tmp_path, data, lakefs_server):
     path = tmp_path / "batch.parquet"
     frame = generate_transactions(2_000, seed=11)
     frame.to_parquet(path)
-    result = ingest_data(str(path), data=data)
+    result = ingest_data(str(path), project=FRAUD_DIR, data=data)
     assert result.rows == 2_000 and not result.already_published
     repo = _repo(lakefs_server, data)
     head = repo.branch("main").get_commit()
@@ -52,17 +54,26 @@ def test_good_batch_is_published_with_provenance(tmp_path, data, lakefs_server):
     merged_from = repo.commit(head.parents[1]).get_commit()
     assert merged_from.metadata["rows"] == "2000"
     assert merged_from.metadata["source"] == str(path)
-    assert merged_from.metadata["schema_version"] == "1"
+    assert merged_from.metadata["project"] == "fraud"  # the project file and schema it was checked with
+    documents = project_documents(FRAUD)
+    assert merged_from.metadata["project_sha256"] == documents["project"]["sha256"]
+    assert merged_from.metadata["schema_sha256"] == documents["schema"]["sha256"]
     assert len(merged_from.metadata["content_sha256"]) == 64 and merged_from.metadata["flow_run_id"]
     assert [b.id for b in repo.branches()] == ["main"]  # the ingest branch is gone
 
     commit_id, published = pull.fn(data, "main", FRAUD)
     assert commit_id == result.commit_id and len(published) == 2_000
+    # the stages of a run pull the same commit: read from lakeFS and validated once, then from the cache
+    cached = list((Path(os.environ["LAKELOOP_STATE_DIR"]) / "cache" / "data" / data.repository / commit_id).iterdir())
+    assert len(cached) == 1
+    pd.DataFrame(published.head(3)).to_parquet(cached[0])  # what the second pull returns shows where it read
+    assert len(pull.fn(data, commit_id, FRAUD)[1]) == 3
+    cached[0].unlink()
     assert published["customer_email"].str.match(r"^pii_[0-9a-f]{32}$").all()
     assert not published["card_number"].isin(frame["card_number"]).any()  # no raw PII on main
     assert (published["amount"].to_numpy() == frame["amount"].to_numpy()).all()
 
-    again = ingest_data(str(path), data=data)  # the same file twice: recognised, nothing new
+    again = ingest_data(str(path), project=FRAUD_DIR, data=data)  # the same file twice: recognised, nothing new
     assert again.already_published and repo.branch("main").get_commit().id == head.id
 
 
@@ -70,9 +81,9 @@ def test_csv_batches_and_pull_by_tag_and_commit(tmp_path, data, lakefs_server):
     first, second = tmp_path / "a.csv", tmp_path / "b.parquet"
     generate_transactions(500, seed=1).to_csv(first, index=False)
     generate_transactions(300, seed=2).to_parquet(second)
-    one = ingest_data(str(first), data=data)
+    one = ingest_data(str(first), project=FRAUD_DIR, data=data)
     _repo(lakefs_server, data).tag("v1").create(one.commit_id)
-    two = ingest_data(str(second), data=data)
+    two = ingest_data(str(second), project=FRAUD_DIR, data=data)
     assert len(pull.fn(data, "v1", FRAUD)[1]) == 500
     assert len(pull.fn(data, one.commit_id[:16], FRAUD)[1]) == 500
     commit_id, both = pull.fn(data, None, FRAUD)
@@ -119,7 +130,7 @@ def test_bad_batch_is_quarantined_and_main_does_not_move(case, tmp_path, data, l
     path = tmp_path / "bad.parquet"
     frame.to_parquet(path) if "coercible" not in case else frame.to_csv(path := tmp_path / "bad.csv",
                                                                             index=False)
-    state = ingest_data(str(path), data=data, return_state=True)
+    state = ingest_data(str(path), project=FRAUD_DIR, data=data, return_state=True)
     assert state.is_failed()
     with pytest.raises(DataValidationError) as info:
         state.result()
@@ -149,7 +160,7 @@ def test_bad_batch_is_quarantined_and_main_does_not_move(case, tmp_path, data, l
 def test_unreadable_files_are_refused_clearly(content, name, expected, tmp_path, data, lakefs_server):
     path = tmp_path / name
     path.write_bytes(content)
-    state = ingest_data(str(path), data=data, return_state=True)
+    state = ingest_data(str(path), project=FRAUD_DIR, data=data, return_state=True)
     assert state.is_failed()
     with pytest.raises(DataValidationError, match=expected):
         state.result()
@@ -161,7 +172,7 @@ def test_truncated_real_parquet_is_refused(tmp_path, data, lakefs_server):
     generate_transactions(500, seed=9).to_parquet(good)
     cut = tmp_path / "cut.parquet"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    state = ingest_data(str(cut), data=data, return_state=True)
+    state = ingest_data(str(cut), project=FRAUD_DIR, data=data, return_state=True)
     assert state.is_failed()
     with pytest.raises(DataValidationError, match=str(cut)):
         state.result()
@@ -174,7 +185,7 @@ def test_publishing_emits_a_prefect_event(tmp_path, data, lakefs_server):
 
     path = tmp_path / "evented.parquet"
     generate_transactions(100, seed=77).to_parquet(path)
-    result = ingest_data(str(path), data=data)
+    result = ingest_data(str(path), project=FRAUD_DIR, data=data)
     events = prefect_events("lakeloop.data.published", f"lakefs.{data.repository}.main")
     assert len(events) == 1
     assert events[0]["payload"]["commit_id"] == result.commit_id

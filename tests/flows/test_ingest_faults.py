@@ -21,9 +21,9 @@ from prefect.settings import PREFECT_API_URL
 from blocks import LakeFSConnection, VaultConnection
 from flows.ingest import ingest_data
 from lakeloop.config import DataConfig
-from lakeloop.data.generate import generate_transactions
 from lakeloop.devstack import _proc
 from lakeloop.errors import LakeFSError, MergeConflictError, VaultPermissionError, VaultUnreachableError
+from tests._examples import FRAUD_DIR, generate_transactions, project_copy
 from tests._loopback import LoopbackServer
 from tests.conftest import embedded_only
 
@@ -58,7 +58,7 @@ def _task_runs(flow_run_id) -> dict[str, int]:
 def test_lakefs_unreachable_is_retried_then_fails_clearly(batch, data_blocks, vault):
     dead = f"http://127.0.0.1:{_proc.free_port()}"
     name = _save("lakefs-dead", dead, VaultConnection(address=vault.address, **vault.approle()))
-    state = ingest_data(str(batch), data=_config(name), return_state=True)
+    state = ingest_data(str(batch), project=FRAUD_DIR, data=_config(name), return_state=True)
     assert state.is_failed()
     with pytest.raises(LakeFSError, match=f"lakeFS at {dead} is unreachable"):
         state.result()
@@ -73,7 +73,7 @@ def test_wrong_lakefs_keys(batch, data_blocks, vault, lakefs_server):
     name = _save("lakefs-wrong-keys", lakefs_server.endpoint,
                  VaultConnection(address=vault.address, auth_method="token",
                                  token_ref="env:LAKELOOP_TEST_ROOT_TOKEN"), path="lakeloop/wrong-lakefs")
-    state = ingest_data(str(batch), data=_config(name), return_state=True)
+    state = ingest_data(str(batch), project=FRAUD_DIR, data=_config(name), return_state=True)
     with pytest.raises(LakeFSError, match="rejected the access keys") as info:
         state.result()
     assert "definitely-wrong" not in str(info.value)
@@ -85,14 +85,14 @@ def test_vault_unreachable(batch, data_blocks, lakefs_server):
     name = _save("vault-dead", lakefs_server.endpoint,
                  VaultConnection(address=dead, auth_method="token", token_ref="env:PATH"))
     with pytest.raises(VaultUnreachableError, match=f"Vault at {dead} is unreachable"):
-        ingest_data(str(batch), data=_config(name), return_state=True).result()
+        ingest_data(str(batch), project=FRAUD_DIR, data=_config(name), return_state=True).result()
 
 
 def test_vault_permission_denied(batch, data_blocks, vault, lakefs_server):
     name = _save("vault-webhook-role", lakefs_server.endpoint,
                  VaultConnection(address=vault.address, **vault.approle("webhook")))
     with pytest.raises(VaultPermissionError, match="Vault denied reading secret secret/lakeloop/lakefs"):
-        ingest_data(str(batch), data=_config(name), return_state=True).result()
+        ingest_data(str(batch), project=FRAUD_DIR, data=_config(name), return_state=True).result()
 
 
 class MainMover:
@@ -129,12 +129,12 @@ def test_main_moved_during_ingest_still_merges_correctly(batch, data_blocks, lak
     embedded_only(lakefs_server)  # the race runs through a loopback webhook a real lakeFS cannot reach
     config = _config(data_blocks)
     repo, mover = _repo_with_mover(lakefs_server, config, "other/concurrent.txt")
-    result = ingest_data(str(batch), data=config)
+    result = ingest_data(str(batch), project=FRAUD_DIR, data=config)
     assert mover.calls == 1
     main = repo.branch("main")
     assert main.get_commit().id == result.commit_id
     assert main.object("other/concurrent.txt").exists()  # the concurrent write survived
-    assert main.object(f"transactions/batch={result.batch_id}/part-0.parquet").exists()
+    assert main.object(f"{config.prefix}/batch={result.batch_id}/part-0.parquet").exists()
     mover.server.close()
 
 
@@ -145,7 +145,7 @@ def test_main_moved_on_the_same_path_is_a_clear_conflict(batch, data_blocks, lak
 
     path = data_path(config.prefix, batch_id_of(str(batch)))
     repo, mover = _repo_with_mover(lakefs_server, config, path)
-    state = ingest_data(str(batch), data=config, return_state=True)
+    state = ingest_data(str(batch), project=FRAUD_DIR, data=config, return_state=True)
     with pytest.raises(MergeConflictError, match="conflict found: 1 path"):
         state.result()
     main = repo.branch("main")
@@ -162,8 +162,9 @@ def test_ingest_killed_mid_upload_leaves_main_unchanged(tmp_path, data_blocks, l
         storage_namespace=config.storage_namespace, default_branch="main")
     head = repo.branch("main").get_commit().id
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    project = project_copy(tmp_path / "project", data=config.model_dump(exclude_none=True))
     process = subprocess.Popen([sys.executable, "-m", "lakeloop.cli", "data", "ingest", str(big),
-                                "--repository", config.repository], cwd=ROOT, env=env,
+                                "--project", str(project)], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -175,7 +176,7 @@ def test_ingest_killed_mid_upload_leaves_main_unchanged(tmp_path, data_blocks, l
     process.wait()
     assert repo.branch("main").get_commit().id == head
     assert [o.path for o in repo.branch("main").objects()] == []
-    result = ingest_data(str(big), data=config)  # a re-run cleans up the leftover and publishes
+    result = ingest_data(str(big), project=FRAUD_DIR, data=config)  # a re-run cleans up the leftover and publishes
     assert result.rows == 400_000 and [b.id for b in repo.branches()] == ["main"]
     assert json.loads(json.dumps(result.model_dump()))["batch_id"] == result.batch_id
 
@@ -183,6 +184,6 @@ def test_ingest_killed_mid_upload_leaves_main_unchanged(tmp_path, data_blocks, l
 def test_missing_block_says_how_to_get_one(batch, data_blocks):
     from lakeloop.errors import ConfigError
 
-    state = ingest_data(str(batch), data=_config("no-such-block"), return_state=True)
+    state = ingest_data(str(batch), project=FRAUD_DIR, data=_config("no-such-block"), return_state=True)
     with pytest.raises(ConfigError, match=r"no LakeFSConnection block named 'no-such-block'.*lakeloop dev up"):
         state.result()

@@ -14,6 +14,7 @@ from flows.compress import compress_model
 from flows.register import register
 from flows.train import train_model
 from lakeloop.config import CompressionConfig, RegistryConfig, TrainingConfig
+from tests._examples import FRAUD_DIR
 
 pytestmark = pytest.mark.lakefs
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +29,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_register_then_promote_lineage_rollback(tmp_path, publish, lakefs_server):
     data, published = publish(4_000, 29)
     name = data.repository
-    run = train_model(data=data, training=TrainingConfig(epochs=1, work_root=str(tmp_path / "runs")))
+    run = train_model(project=FRAUD_DIR, data=data, training=TrainingConfig(epochs=1, work_root=str(tmp_path / "runs")))
     report = compress_model(run, compression=CompressionConfig(latency_repeat=10, candidates=["int8-dynamic"]))
     registry = RegistryConfig(repository=f"{name}-models",
                               storage_namespace=f"{lakefs_server.namespace_prefix}/{name}-models")
@@ -38,7 +39,7 @@ def test_register_then_promote_lineage_rollback(tmp_path, publish, lakefs_server
     assert v1.manifest["lineage"]["data_commit"] == published.commit_id
     assert v1.manifest["variant"] == report.chosen and "model.onnx" in v1.manifest["files"]
 
-    repo = ["--registry", registry.repository]
+    repo = ["--name", "fraud", "--registry", registry.repository]
     assert cli("promote", "1", "--reason", "first", *repo).returncode == 0
     promoted = cli("promote", "2", "--reason", "better", *repo)
     assert promoted.returncode == 0 and "fraud@production → v2" in promoted.stdout

@@ -7,6 +7,7 @@ import pytest
 
 from flows.retrain import retrain
 from lakeloop.config import CompressionConfig, DeployConfig, TrainingConfig
+from tests._examples import FRAUD_DIR
 from tests.serving.conftest import lakeloop_serve
 
 pytestmark = pytest.mark.lakefs
@@ -21,7 +22,8 @@ def test_retrain_runs_the_whole_loop_into_production(tmp_path, publish, registry
     args = ["--model", "fraud", "--registry", name, "--workers", "1", "--poll-seconds", "0.5",
             "--log-repository", data.repository]
     with lakeloop_serve(args, tmp_path, env=env, ready=False) as served:
-        result = retrain(data=data, training=TrainingConfig(epochs=1, work_root=str(tmp_path / "runs")),
+        result = retrain(project=FRAUD_DIR, data=data,
+                         training=TrainingConfig(epochs=1, work_root=str(tmp_path / "runs")),
                          compression=CompressionConfig(candidates=["int8-dynamic"], latency_repeat=10),
                          registry=registry, deploy=DeployConfig(server_url=served.url,
                                                                 work_root=str(tmp_path / "deploy")),

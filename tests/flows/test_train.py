@@ -11,6 +11,7 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.train import train_model
 from lakeloop.config import DataConfig, TrainingConfig
+from tests._examples import FRAUD_DIR
 
 pytestmark = pytest.mark.lakefs
 
@@ -20,7 +21,7 @@ def test_train_model_on_the_published_commit(tmp_path, publish):
     name = data.repository
     training = TrainingConfig(epochs=2, work_root=str(tmp_path / "runs"))
 
-    result = train_model(data=data, training=training)
+    result = train_model(project=FRAUD_DIR, data=data, training=training)
     assert result.data_commit == published.commit_id
     assert set(result.test_metrics) >= {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"}
     assert [h["epoch"] for h in result.history] == [0, 1]
@@ -33,7 +34,8 @@ def test_train_model_on_the_published_commit(tmp_path, publish):
                            json={"artifacts": {"key": {"any_": ["train-model-metrics"]}}}).json()
     assert any(published.commit_id[:12] in a["data"] for a in artifacts)
 
-    again = train_model(data=data, training=training, ref=published.commit_id)  # same commit: resumes, same metrics
+    # the same commit: resumes, same metrics
+    again = train_model(project=FRAUD_DIR, data=data, training=training, ref=published.commit_id)
     assert again.test_metrics == result.test_metrics and again.resumed
 
 
@@ -42,7 +44,7 @@ def test_compress_model_after_training(tmp_path, publish):
     from lakeloop.config import CompressionConfig
 
     data, _ = publish(8_000, 23)
-    run = train_model(data=data, training=TrainingConfig(epochs=2, work_root=str(tmp_path / "runs")))
+    run = train_model(project=FRAUD_DIR, data=data, training=TrainingConfig(epochs=2, work_root=str(tmp_path / "runs")))
     report = compress_model(run, data=DataConfig(),  # the repository comes from the run itself
                             compression=CompressionConfig(latency_repeat=20, candidates=["int8-dynamic", "pruned"]))
     assert [r["name"] for r in report.table] == ["fp32", "int8-dynamic", "pruned"]

@@ -118,3 +118,31 @@ def test_a_broken_plugin_is_named_with_what_went_wrong(tmp_path, plugin, message
     with pytest.raises(ProjectError) as info:
         build_net(spec, project.model, project)
     assert message in str(info.value)
+
+
+def test_the_shipped_plugin_example_trains_exports_and_matches(tmp_path):
+    """examples/demand/net.py, the documented plug-in, through the same path as the built-in net."""
+    from tests._examples import DEMAND, project_module
+
+    project = DEMAND.model_copy(update={"model": DEMAND.model.model_copy(update={
+        "plugin": "net:residual_mlp", "options": {"width": 32, "blocks": 2}})})
+    frame = project_module(project, "generate").generate(600, seed=3)
+    spec = FeatureSpec.fit(project, frame)
+    net = build_net(spec, project.model, project)
+    assert type(net).__name__ == "ResidualMLP"
+    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    numeric, categorical = (torch.from_numpy(a) for a in spec.encode(frame))
+    target = torch.from_numpy(spec.targets(frame)).float().reshape(-1, 1)
+    target = (target - target.mean()) / target.std()
+    losses = []
+    for _ in range(30):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.mse_loss(net(numeric, categorical), target)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]  # it learns
+    net.eval()
+    sess = session(export_onnx(net, spec, tmp_path / "plugin.onnx"))
+    assert parity(onnx_outputs(sess, onnx_inputs(frame, spec), "regression"),
+                  torch_outputs(net, spec, frame), "regression") <= 1e-4

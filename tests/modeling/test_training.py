@@ -15,11 +15,11 @@ import torch
 
 from lakeloop.config import TrainingConfig
 from lakeloop.data import pseudonymise
-from lakeloop.data.generate import generate_transactions
 from lakeloop.errors import TrainingError
 from lakeloop.modeling.features import FeatureSpec, split_of
 from lakeloop.modeling.run import launch, prepare_run, torchrun_command
 from lakeloop.project import resolve_project
+from tests._examples import generate_transactions
 
 COMMIT = "f" * 64
 FRAUD = resolve_project("fraud")
@@ -30,7 +30,7 @@ WEIGHT_TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def frame() -> pd.DataFrame:
-    return pseudonymise(generate_transactions(8_192, seed=12), b"k" * 32)
+    return pseudonymise(generate_transactions(8_192, seed=12), b"k" * 32, FRAUD.pii_columns)
 
 
 def _weights(workdir) -> dict[str, torch.Tensor]:
@@ -111,7 +111,7 @@ def test_a_run_past_its_timeout_stops_every_rank(frame, tmp_path):
 
 
 def test_too_little_data_is_a_clear_error(tmp_path):
-    tiny = pseudonymise(generate_transactions(3, seed=1), b"k" * 32)
+    tiny = pseudonymise(generate_transactions(3, seed=1), b"k" * 32, FRAUD.pii_columns)
     with pytest.raises(TrainingError, match="too few to split"):
         prepare_run(FRAUD, tiny, COMMIT, TrainingConfig(work_root=str(tmp_path)), {})
 

@@ -28,9 +28,9 @@ def model_file(tmp_path_factory) -> Path:
 def rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Real generated rows as the model's named inputs ([n, 1] each)."""
     from lakeloop.compression import onnx_inputs
-    from lakeloop.data.generate import generate_transactions
     from lakeloop.modeling.features import FeatureSpec
     from lakeloop.project import resolve_project
+    from tests._examples import generate_transactions
 
     frame = generate_transactions(max(n, 50), seed=seed).head(n)
     return onnx_inputs(frame, FeatureSpec.fit(resolve_project("fraud"), generate_transactions(500, seed=1)))

@@ -118,9 +118,10 @@ def test_hot_swap_under_load_refuses_bad_versions(lakefs_server, vault, tmp_path
         assert set(versions[:first_v2]) == {"1"} and set(versions[first_v2:]) == {"2"}  # one clean switch
         metrics = httpx.get(f"{served.url}/metrics", headers=auth).text
         # each bad version is refused by the load request and, when its 0.3 s poll comes first, by the watcher
-        refused = int(re.search(r'lakeloop_model_swaps_total\{outcome="refused"\} (\d+)', metrics).group(1))
+        refused = int(re.search(r'lakeloop_model_swaps_total\{model="fraud",outcome="refused"\} (\d+)',
+                                metrics).group(1))
         assert 2 <= refused <= 4, metrics
-        assert 'lakeloop_model_swaps_total{outcome="swapped"} 2' in metrics
+        assert 'lakeloop_model_swaps_total{model="fraud",outcome="swapped"} 2' in metrics
 
         branch = lakefs.Repository(logs_repo, client=lakefs_server.client()).branch("inference-logs")
 
@@ -135,3 +136,45 @@ def test_hot_swap_under_load_refuses_bad_versions(lakefs_server, vault, tmp_path
         commit = next(iter(branch.log(max_amount=1)))
         assert commit.metadata["source"] == "lakeloop-serve" and int(commit.metadata["rows"]) > 0
     assert key not in served.output()
+
+
+def test_all_models_serves_each_registered_model_by_name(lakefs_server, vault, tmp_path):
+    """`serve --all-models`: every model with a production version, found as it appears; each swaps on
+    its own; Triton's repository index lists them; an unknown name is a 404 naming what is served."""
+    name = f"reg-{uuid.uuid4().hex[:8]}"
+    pipeline = VaultClient(VaultSettings(address=vault.address, **vault.approle("pipeline")))
+    registry = Registry(lakefs_server.client(), name, VaultSigner(pipeline), f"{lakefs_server.namespace_prefix}/{name}")
+    first, second = (raw_feature_model(tmp_path / f"m{seed}.onnx", seed) for seed in (0, 1))
+    registry.register("alpha", {"model.onnx": first}, {"variant": "fp32"}, actor="test")
+    registry.register("beta", {"model.onnx": second}, {"variant": "fp32"}, actor="test")  # no alias yet
+    registry.promote("alpha", 1, "production", actor="test")
+    key = hvac.Client(vault.address, token=vault.root_token).secrets.kv.v2.read_secret_version(
+        SERVING_PATH, raise_on_deleted_version=True)["data"]["data"]["api_keys"].split(",")[0]
+    auth = {"Authorization": f"Bearer {key}"}
+    env = {"LAKELOOP_LAKEFS_URL": lakefs_server.endpoint, "VAULT_ADDR": vault.address,
+           "LAKELOOP_SERVING_APPROLE_FILE": str(vault.credentials["serving"])}
+    args = ["--all-models", "--registry", name, "--workers", "1", "--poll-seconds", "0.3", "--no-inference-logs"]
+    with lakeloop_serve(args, tmp_path, env=env) as served:
+        def index() -> dict[str, str]:
+            answer = httpx.post(f"{served.url}/v2/repository/index", headers=auth)
+            assert answer.status_code == 200, answer.text
+            return {m["name"]: m["state"] for m in answer.json()}
+
+        assert index() == {"alpha": "READY"}
+        missing = httpx.post(f"{served.url}/v2/models/beta/infer", content=_body(), headers=auth)
+        assert missing.status_code == 404 and "this server serves alpha" in missing.json()["error"]
+        registry.promote("beta", 1, "production", actor="test")  # found by the watcher, no restart
+        _wait_for(lambda: index() == {"alpha": "READY", "beta": "READY"}, "beta to be served")
+        for model in ("alpha", "beta"):
+            answer = httpx.post(f"{served.url}/v2/models/{model}/infer", content=_body(), headers=auth)
+            assert answer.status_code == 200 and answer.json()["model_name"] == model
+        registry.register("alpha", {"model.onnx": second}, {"variant": "fp32"}, actor="test")
+        swapped = httpx.post(f"{served.url}/v2/repository/models/alpha/load", headers=auth)  # alias unchanged
+        assert swapped.status_code == 200 and swapped.json() == {"name": "alpha", "version": "1", "swapped": False}
+        unknown = httpx.post(f"{served.url}/v2/repository/models/gamma/load", headers=auth)
+        assert unknown.status_code == 400 and "names no version" in unknown.json()["error"]
+        assert index() == {"alpha": "READY", "beta": "READY"}  # nothing half-added
+        assert httpx.get(f"{served.url}/v2/health/ready").status_code == 200
+        metrics = httpx.get(f"{served.url}/metrics", headers=auth).text
+        assert 'lakeloop_model_info{model="alpha",version="1"' in metrics
+        assert 'lakeloop_model_info{model="beta",version="1"' in metrics

@@ -112,7 +112,8 @@ def _cases():
         "batch sizes differ": (_with_input(_body(two), "amount", shape=[3, 1], data=[1, 2, 3]), {},
                                "every input needs the same batch size"),
         "NaN (JSON)": (json.dumps(_body({**two, "amount": nan})).encode(), {}, "malformed JSON"),
-        "infinity (binary)": (*_binary(two, amount_raw=inf_blob), "NaN or infinity"),
+        "infinity (binary)": (*_binary(two, amount_raw=inf_blob), "input 'amount' contains infinity"),
+        "null in a number (JSON)": (_with_input(_body(two), "amount", data=[1.0, "null"]), {}, "not numbers"),
         "binary size past the body": (_binary(two)[0][:-3], _binary(two)[1], "claims"),
         "bad header length": (_binary(two)[0], {"Inference-Header-Content-Length": "10x"}, "expected an integer"),
         "batch above the limit": (_body(rows(257)), {}, "above this server's limit of 256"),
@@ -128,6 +129,51 @@ def test_bad_requests_get_400_with_a_v2_error(server, case):
     assert answer.status_code == 400, answer.text
     assert message in answer.json()["error"]
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary NaN", "JSON null"])
+def test_missing_values_are_inputs_of_a_lakeloop_model(server, model_file, binary):
+    """A lakeloop model takes missing values as it was trained to (NaN numbers, "" or null categories)."""
+    batch = rows(4, seed=19)  # rows of their own: the inference-log test looks for its rows by value
+    batch["amount"][[0, 2], 0] = np.nan
+    if binary:
+        content, headers = _binary(batch)
+    else:
+        body = _body(batch)
+        for tensor in body["inputs"]:  # JSON null: a missing number, a missing category
+            if tensor["name"] == "amount":
+                tensor["data"] = [None if v != v else v for v in tensor["data"]]
+            if tensor["name"] == "country":
+                tensor["data"][2] = None
+        content, headers = json.dumps(body).encode(), {}
+        batch["country"][2, 0] = ""
+    answer = httpx.post(f"{server.url}/v2/models/fraud/infer", content=content, headers={**AUTH, **headers})
+    assert answer.status_code == 200, answer.text
+    served = next(o for o in answer.json()["outputs"] if o["name"] == "probability")
+    expected = ort.InferenceSession(str(model_file)).run(["probability"], batch)[0].ravel()
+    np.testing.assert_allclose(served["data"], expected, rtol=1e-6)
+    assert np.isfinite(expected).all()
+
+
+def test_a_model_that_declares_no_missing_values_refuses_them(tmp_path):
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "plain",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])])
+    path = tmp_path / "plain.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with lakeloop_serve(["--onnx", str(path), "--api-key", "k", "--workers", "1", "--no-inference-logs"],
+                        tmp_path) as plain:
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 1], "data": [1.0, None]}]}
+        refused = httpx.post(f"{plain.url}/v2/models/plain/infer", json=body, headers={"Authorization": "Bearer k"})
+        assert refused.status_code == 400 and "'x'" in refused.json()["error"]
+        nan = np.array([1.0, np.nan], "<f4").tobytes()
+        header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 1],
+                                         "parameters": {"binary_data_size": len(nan)}}]}).encode()
+        refused = httpx.post(f"{plain.url}/v2/models/plain/infer", content=header + nan, headers={
+            "Authorization": "Bearer k", "Inference-Header-Content-Length": str(len(header))})
+        assert refused.status_code == 400 and "no missing values" in refused.json()["error"]
 
 
 def test_api_key_required_except_on_health(server):

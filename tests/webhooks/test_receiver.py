@@ -15,9 +15,12 @@ import hvac
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from lakeloop.devstack import _proc, stack
+from lakeloop.config import DataConfig
+from lakeloop.devstack import _proc
+from lakeloop.devstack.projects import install_action
 from lakeloop.secrets import WEBHOOK_PATH
 from tests._events import prefect_events
+from tests._examples import FRAUD, FRAUD_DIR
 from tests.conftest import LakeFSEndpoint, start_embedded_lakefs
 
 pytestmark = pytest.mark.lakefs
@@ -59,17 +62,24 @@ def test_auth_and_bad_bodies(hooks):
     url, token = hooks
     auth = {"Authorization": f"Bearer {token}"}
     body = lakefs_payload("r", "a" * 64)
-    assert httpx.post(f"{url}/hooks/lakefs", json=body).status_code == 401
-    assert httpx.post(f"{url}/hooks/lakefs", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
-    bad = httpx.post(f"{url}/hooks/lakefs", content=b"{not json", headers=auth)
+    assert httpx.post(f"{url}/hooks/lakefs?project=p", json=body).status_code == 401
+    assert httpx.post(f"{url}/hooks/lakefs?project=p", json=body,
+                      headers={"Authorization": "Bearer nope"}).status_code == 401
+    bad = httpx.post(f"{url}/hooks/lakefs?project=p", content=b"{not json", headers=auth)
     assert bad.status_code == 400 and "malformed JSON" in bad.json()["error"]
-    partial = httpx.post(f"{url}/hooks/lakefs", json={"event_type": "post-merge"}, headers=auth)
+    partial = httpx.post(f"{url}/hooks/lakefs?project=p", json={"event_type": "post-merge"}, headers=auth)
     assert partial.status_code == 400 and "missing repository_id, branch_id, commit_id" in partial.json()["error"]
-    ignored = httpx.post(f"{url}/hooks/lakefs", json=lakefs_payload("r", "b" * 64, event_type="pre-commit"),
+    anonymous = httpx.post(f"{url}/hooks/lakefs", json=body, headers=auth)  # an action that names no project
+    assert anonymous.status_code == 400 and "/hooks/lakefs?project=NAME" in anonymous.json()["error"]
+    ignored = httpx.post(f"{url}/hooks/lakefs?project=p", json=lakefs_payload("r", "b" * 64, event_type="pre-commit"),
                          headers=auth)
     assert ignored.status_code == 202 and ignored.json()["status"] == "ignored"
-    no_reason = httpx.post(f"{url}/hooks/retrain", json={"ref": "main"}, headers=auth)
+    no_reason = httpx.post(f"{url}/hooks/retrain", json={"project": "p", "ref": "main"}, headers=auth)
     assert no_reason.status_code == 400 and "reason" in no_reason.json()["error"]
+    no_project = httpx.post(f"{url}/hooks/retrain", json={"reason": "x"}, headers=auth)
+    assert no_project.status_code == 400 and "'project'" in no_project.json()["error"]
+    bad_project = httpx.post(f"{url}/hooks/retrain", json={"reason": "x", "project": "Bad Name!"}, headers=auth)
+    assert bad_project.status_code == 400 and "'Bad Name!'" in bad_project.json()["error"]
     assert httpx.get(f"{url}/healthz").status_code == 200
 
 
@@ -81,7 +91,7 @@ def test_a_flood_of_duplicates_emits_one_event(hooks):
 
     def deliver(_: int) -> str:
         with httpx.Client(timeout=30) as client:
-            answer = client.post(f"{url}/hooks/lakefs", content=body, headers=headers)
+            answer = client.post(f"{url}/hooks/lakefs?project=flood", content=body, headers=headers)
             assert answer.status_code == 202, answer.text
             return answer.json()["status"]
 
@@ -90,22 +100,23 @@ def test_a_flood_of_duplicates_emits_one_event(hooks):
     assert statuses.count("accepted") == 1 and statuses.count("duplicate") == 999
     found = prefect_events("lakeloop.data.published", f"lakefs.{repository}.main", settle=2)
     assert len(found) == 1 and found[0]["payload"]["source"] == "lakefs-webhook"
+    assert found[0]["resource"]["lakeloop.project"] == "flood"  # what the project's triggers match on
 
 
 def test_ci_retrain_request_is_idempotent_by_key(hooks):
     url, token = hooks
     auth = {"Authorization": f"Bearer {token}"}
     reason = f"nightly {secrets.token_hex(4)}"
-    first = httpx.post(f"{url}/hooks/retrain", json={"reason": reason, "requested_by": "gitlab"},
-                       headers={**auth, "Idempotency-Key": reason})
-    again = httpx.post(f"{url}/hooks/retrain", json={"reason": reason, "requested_by": "gitlab", "retry": 2},
-                       headers={**auth, "Idempotency-Key": reason})
+    body = {"project": "churn", "reason": reason, "requested_by": "gitlab"}
+    first = httpx.post(f"{url}/hooks/retrain", json=body, headers={**auth, "Idempotency-Key": reason})
+    again = httpx.post(f"{url}/hooks/retrain", json={**body, "retry": 2}, headers={**auth, "Idempotency-Key": reason})
     assert first.status_code == again.status_code == 202
     assert first.json()["status"] == "accepted" and again.json()["status"] == "duplicate"
     assert first.json()["event_id"] == again.json()["event_id"]
-    found = [e for e in prefect_events("lakeloop.retrain.requested", "lakeloop.retrain", settle=2)
+    found = [e for e in prefect_events("lakeloop.retrain.requested", "lakeloop.project.churn", settle=2)
              if e["payload"]["reason"] == reason]
     assert len(found) == 1 and found[0]["payload"]["requested_by"] == "gitlab"
+    assert found[0]["resource"]["lakeloop.project"] == "churn"
 
 
 def test_a_real_lakefs_merge_calls_the_receiver(hooks, tmp_path):
@@ -117,31 +128,32 @@ def test_a_real_lakefs_merge_calls_the_receiver(hooks, tmp_path):
         server = LakeFSEndpoint(endpoint, key_id, secret, "local://webhooks", True, tmp_path / "lakefs", process)
         repo = server.new_repo()
         main = repo.branch("main")
-        # installed as `lakeloop dev up` does: a commit on main, which fires nothing (post-merge only)
-        assert stack.install_lakefs_action(endpoint, (key_id, secret), f"{url}/hooks/lakefs", repository=repo.id)
-        assert stack.install_lakefs_action(endpoint, (key_id, secret), f"{url}/hooks/lakefs", repository=repo.id) == ""
+        # installed as `lakeloop project add` does: a commit on main, which fires nothing (post-merge only)
+        project = FRAUD.model_copy(update={"data": DataConfig(repository=repo.id, storage_namespace="local://x")})
+        assert install_action(project, server.client(), f"{url}/hooks/lakefs")
+        assert install_action(project, server.client(), f"{url}/hooks/lakefs") == ""
         ingest = repo.branch("ingest-1").create("main")
         ingest.object("transactions/part-0.parquet").upload(b"not really parquet")
         ingest.commit("stage", metadata={"batch_id": "b1"})
         merged = ingest.merge_into(main, message="publish")
         found = prefect_events("lakeloop.data.published", f"lakefs.{repo.id}.main", settle=2)
         assert len(found) == 1 and found[0]["payload"]["commit_id"] == merged
+        assert found[0]["resource"]["lakeloop.project"] == "fraud"
     finally:
         _proc.stop(process.pid)
 
 
 def test_the_webhook_and_the_ingest_flow_announce_a_merge_once(hooks, data_blocks, lakefs_server, tmp_path):
     from flows.ingest import ingest_data
-    from lakeloop.config import DataConfig
-    from lakeloop.data.generate import generate_transactions
+    from tests._examples import generate_transactions
 
     url, token = hooks
     name = f"w-{secrets.token_hex(5)}"
     data = DataConfig(repository=name, storage_namespace=f"{lakefs_server.namespace_prefix}/{name}")
     batch = tmp_path / "batch.parquet"
     generate_transactions(300, seed=51).to_parquet(batch)
-    published = ingest_data(str(batch), data=data)
-    answer = httpx.post(f"{url}/hooks/lakefs", json=lakefs_payload(name, published.commit_id),
+    published = ingest_data(str(batch), project=FRAUD_DIR, data=data)
+    answer = httpx.post(f"{url}/hooks/lakefs?project=fraud", json=lakefs_payload(name, published.commit_id),
                         headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 202 and answer.json()["status"] == "accepted"
     found = prefect_events("lakeloop.data.published", f"lakefs.{name}.main", settle=2)

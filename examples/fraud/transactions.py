@@ -1,7 +1,8 @@
-"""The reference dataset: card transactions with an imbalanced fraud label and PII columns.
+"""The fraud example's schema: card transactions with an imbalanced fraud label and PII columns.
 
-`RawTransactionsSchema` is what a batch must look like when it arrives; `PublishedTransactionsSchema`
-is what `main` holds: the same columns with PII replaced by keyed pseudonyms.
+`RawTransactionsSchema` (named in lakeloop.yaml) is what a batch must look like when it arrives;
+lakeloop derives what `main` holds from the project's PII treatments (pseudonyms in place of raw
+values). `PublishedTransactionsSchema` spells that variant out for readers and tests.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import DataFrame, Series
 
-SCHEMA_VERSION = "1"
-LABEL = "is_fraud"
 CATEGORIES = ("grocery", "electronics", "travel", "restaurants", "fuel", "fashion", "entertainment",
               "health")
 COUNTRIES = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "CA", "AU", "JP")

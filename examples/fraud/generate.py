@@ -1,4 +1,10 @@
-"""A seeded generator of realistic card transactions, with drift knobs for later stages.
+"""The fraud example's data: a seeded generator of realistic card transactions, with drift knobs.
+
+    lakeloop data generate transactions.parquet --project examples/fraud --rows 20000 [--seed 0]
+
+`generate(rows, seed, drift)` is the example-project contract `lakeloop demo` and `lakeloop data
+generate` use (drift: None, "traffic" for served rows that moved, "labelled" for a moved batch the
+schema accepts); `broken(rows, seed)` is a batch the schema must quarantine.
 
 The fraud label depends on the features (amount, distance from home, velocity, young accounts,
 online channel, risky categories, age; a little on night-time, which the model does not see), so a
@@ -12,8 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-
-from lakeloop.schemas import CATEGORIES, CHANNELS, COUNTRIES
+from transactions import CATEGORIES, CHANNELS, COUNTRIES
 
 _NOTES = ("", "contactless", "recurring", "online order", "refund pending", "tip included",
           "subscription", "in-app purchase")
@@ -87,3 +92,26 @@ def generate_transactions(rows: int, seed: int = 0, start: dt.datetime | None = 
         "merchant_note": rng.choice(np.array(_NOTES), rows),
         "is_fraud": label,
     })
+
+
+# Traffic that has moved: bigger amounts, merchants further from home, a merchant category the model never saw.
+DRIFTED = DriftKnobs(amount_shift=1.5, distance_scale=4.0, new_categories=("casino",), new_category_share=0.3)
+# The labelled batch published after the drift: the same move, in categories the schema accepts.
+NEW_DATA = DriftKnobs(amount_shift=1.0, distance_scale=3.0)
+DRIFTS = {"traffic": DRIFTED, "labelled": NEW_DATA}
+DESCRIPTIONS = {None: "card transactions", "traffic": "bigger amounts, farther from home, an unseen category",
+                "labelled": "bigger amounts, farther from home"}
+
+
+def generate(rows: int, seed: int = 0, drift: str | None = None) -> pd.DataFrame:
+    """The example-project contract: `rows` rows, the same seed giving the same frame."""
+    return generate_transactions(rows, seed=seed, drift=DRIFTS[drift] if drift else None)
+
+
+def broken(rows: int, seed: int = 0) -> pd.DataFrame:
+    """A batch the schema quarantines: ages under 18, an e-mail address in free text, an unknown category."""
+    frame = generate_transactions(rows, seed=seed)
+    frame.loc[frame.index[:3], "customer_age"] = 7
+    frame.loc[frame.index[5], "merchant_note"] = "refund to jane.doe@example.org"
+    frame.loc[frame.index[8:10], "merchant_category"] = "casino"
+    return frame
