@@ -1,9 +1,9 @@
 """The loop's own latencies: trigger → running retrain, and `make run` wall time.
 
-Trigger latency: on a fresh `lakeloop dev up`, POST /hooks/retrain N times (what a CI system
-does; one at a time) and time, from just before the POST, (a) the retrain run's creation by the
-`retrain on request` automation and (b) its start on the worker (state Running: the flow process
-has started and loaded the flow). Side by side: the stack's worker, which polls every second,
+Trigger latency: on a fresh `lakeloop dev up --project examples/fraud`, POST /hooks/retrain N times
+(what a CI system does; one at a time) and time, from just before the POST, (a) the retrain/fraud
+run's creation by the `retrain fraud on request` automation and (b) its start on the worker (state
+Running: the flow process has started and loaded the flow). Side by side: the stack's worker, which polls every second,
 against a worker with Prefect's default polling interval on the same pool. The benchmark stack has
 no data, so each retrain fails at its first task right after starting; only its start is timed.
 
@@ -51,13 +51,14 @@ def webhook_token(state_dir: Path, vault_url: str) -> str:
 
 def trigger_latencies(api: str, hook: str, token: str, events: int, label: str) -> list[dict]:
     """POST /hooks/retrain `events` times; each: seconds to the run's creation and to its start."""
-    retrain = httpx.get(f"{api}/deployments/name/retrain/retrain").json()["id"]
+    retrain = httpx.get(f"{api}/deployments/name/retrain/fraud").json()["id"]
     samples = []
     for i in range(events):
         reason = f"benchmark {label} {i} {time.time_ns()}"
         sent = time.time()
-        answer = httpx.post(f"{hook}/hooks/retrain", json={"reason": reason, "requested_by": "benchmark"},
-                            headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        body = {"project": "fraud", "reason": reason, "requested_by": "benchmark"}
+        answer = httpx.post(f"{hook}/hooks/retrain", json=body, headers={"Authorization": f"Bearer {token}"},
+                            timeout=30)
         answer.raise_for_status()
         deadline = time.monotonic() + 120
         run = None
@@ -90,7 +91,7 @@ def summary(samples: list[dict], key: str) -> float:
 def measure_triggers(events: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"
-        up = lakeloop("dev", "up", "--state-dir", str(state))
+        up = lakeloop("dev", "up", "--state-dir", str(state), "--project", "examples/fraud")
         if up.returncode != 0:
             raise SystemExit(up.stdout + up.stderr)
         baseline_pid = None
@@ -123,7 +124,7 @@ def measure_triggers(events: int) -> dict:
 def measure_demo() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.monotonic()
-        demo = lakeloop("demo", "--state-dir", str(Path(tmp) / "state"))
+        demo = lakeloop("demo", "--project", "examples/fraud", "--state-dir", str(Path(tmp) / "state"))
         elapsed = time.monotonic() - started
     if demo.returncode != 0:
         raise SystemExit(demo.stdout[-3000:] + demo.stderr[-3000:])

@@ -232,7 +232,8 @@ def swap(args, work: Path, stack: Stack, registry: Registry, model_dir: Path, bo
                      scripts=scripts)
         mover.join()
         metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}).text
-    refused = int(m.group(1)) if (m := re.search(r'swaps_total\{outcome="refused"\} (\d+)', metrics)) else 0
+    found = re.search(r'swaps_total\{model="fraud",outcome="refused"\} (\d+)', metrics)
+    refused = int(found.group(1)) if found else 0
     return {**result, "timeline": timeline, "refused": refused}
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -138,31 +135,18 @@ def quarantine_batch(config: DataConfig, batch_id: str, frame: pd.DataFrame | No
 def pull(config: DataConfig, ref: str | None, project: Project) -> tuple[str, pd.DataFrame]:
     """Read the dataset at any ref (branch, tag or commit): returns (commit id, frame validated against the
     project's published schema). The stages of a retrain (training, compression, the deploy gate) pull
-    the same commit: the first reads it from lakeFS, the others from the cache under the state dir.
+    the same commit: the first downloads its parquet parts from lakeFS, the others read them from the
+    cache under the state dir (keyed by the commit id, so never stale).
 
     The ref is resolved to a commit id first and the data is read at that commit, so the frame and
     the id always match even if the branch moves meanwhile. Later stages pin this commit id.
     """
     client = _connection(config).client()
     commit_id = wap.resolve_commit(client, config.repository, ref or config.branch)
-    cached = _pulled(config, commit_id, project)
-    if cached.is_file():  # a commit never changes: read and validated once, by any stage of any run
-        return commit_id, pd.read_parquet(cached)
-    frame = wap.read_dataset(client, config.repository, commit_id, config.prefix)
+    frame = wap.read_dataset(client, config.repository, commit_id, config.prefix, cache=Path(state_path("cache")))
     report = validate_batch(frame, project_schemas(project).published, f"{config.repository}@{commit_id[:12]}",
                             sensitive=set(project.pii_columns), label=project.label.column)
     if not report.passed:
         raise DataValidationError(report.summary(), commit_id=commit_id)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(f".{os.getpid()}.tmp")
-    frame.to_parquet(partial)
-    os.replace(partial, cached)  # whole or absent: a reader never sees half a file
     return commit_id, frame
 
-
-def _pulled(config: DataConfig, commit_id: str, project: Project) -> Path:
-    """Where the validated frame of `prefix` at a commit is kept: keyed by the commit id and by what it was
-    validated against (the schema and the PII treatments), so a cached frame is never stale."""
-    schema = project_documents(project)["schema"]["sha256"]
-    key = hashlib.sha256(json.dumps([config.prefix, schema, project.pii_columns]).encode()).hexdigest()[:16]
-    return Path(state_path("cache")) / "data" / config.repository / commit_id / f"{key}.parquet"

@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import lakefs
 import pandas as pd
@@ -151,13 +154,34 @@ def read_added_since(client: lakefs.Client, repository: str, since: str, ref: st
     return pd.concat([read_parquet(client, repository, ref, p) for p in added], ignore_index=True)
 
 
-def read_dataset(client: lakefs.Client, repository: str, commit_id: str, prefix: str) -> pd.DataFrame:
-    """Every parquet part under prefix at a commit, in path order, as one frame."""
+def read_dataset(client: lakefs.Client, repository: str, commit_id: str, prefix: str,
+                 cache: Path | None = None) -> pd.DataFrame:
+    """Every parquet part under prefix at a commit, in path order, as one frame.
+
+    With `cache`, each part's bytes are kept under `cache/<repository>/<commit>/<path>` and read from
+    there next time: an object at a commit never changes, so the copy can never be stale.
+    """
     ref = lakefs.Repository(repository, client=client).ref(commit_id)
     with lakefs_errors(client.config.host, f"listing {repository}@{commit_id[:12]}/{prefix}"):
         paths = [o.path for o in ref.objects(prefix=f"{prefix}/") if o.path.endswith(".parquet")]
     if not paths:
         raise LakeFSError(f"no parquet data under {prefix}/ in {repository}@{commit_id[:12]}: ingest a batch "
                           "first (`lakeloop data ingest FILE`)")
-    frames = [read_parquet(client, repository, commit_id, p) for p in paths]
+    if cache is None:
+        frames = [read_parquet(client, repository, commit_id, p) for p in paths]
+    else:
+        frames = [pq.read_table(_cached_part(client, repository, commit_id, p, cache)).to_pandas() for p in paths]
     return pd.concat(frames, ignore_index=True)
+
+
+def _cached_part(client: lakefs.Client, repository: str, commit_id: str, path: str, cache: Path) -> Path:
+    local = cache / repository / commit_id / path
+    if not local.is_file():
+        obj = lakefs.Repository(repository, client=client).ref(commit_id).object(path)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(f"{local.name}.{os.getpid()}.partial")
+        with lakefs_errors(client.config.host, f"reading {repository}/{commit_id[:12]}/{path}"), \
+                obj.reader("rb") as source, open(partial, "wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+        os.replace(partial, local)  # whole or absent: a reader never sees half a part
+    return local

@@ -63,12 +63,13 @@ def test_good_batch_is_published_with_provenance(tmp_path, data, lakefs_server):
 
     commit_id, published = pull.fn(data, "main", FRAUD)
     assert commit_id == result.commit_id and len(published) == 2_000
-    # the stages of a run pull the same commit: read from lakeFS and validated once, then from the cache
-    cached = list((Path(os.environ["LAKELOOP_STATE_DIR"]) / "cache" / "data" / data.repository / commit_id).iterdir())
+    # the stages of a run pull the same commit: its parts come from lakeFS once, then from the cache
+    cached = list((Path(os.environ["LAKELOOP_STATE_DIR"]) / "cache" / data.repository / commit_id).rglob("*.parquet"))
     assert len(cached) == 1
     pd.DataFrame(published.head(3)).to_parquet(cached[0])  # what the second pull returns shows where it read
     assert len(pull.fn(data, commit_id, FRAUD)[1]) == 3
     cached[0].unlink()
+    assert len(pull.fn(data, commit_id, FRAUD)[1]) == 2_000  # a missing part is fetched again
     assert published["customer_email"].str.match(r"^pii_[0-9a-f]{32}$").all()
     assert not published["card_number"].isin(frame["card_number"]).any()  # no raw PII on main
     assert (published["amount"].to_numpy() == frame["amount"].to_numpy()).all()
