@@ -26,47 +26,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
+from benchmarks._datasets import dataset  # noqa: E402
 from lakeloop.compression.compress import compress  # noqa: E402
-from lakeloop.data import pseudonymise  # noqa: E402
 from lakeloop.deploy import OnnxModel, test_rows  # noqa: E402
 from lakeloop.modeling.features import category_strings, split_of  # noqa: E402
 from lakeloop.modeling.metrics import task_metrics  # noqa: E402
 from lakeloop.modeling.run import launch, prepare_run  # noqa: E402
-from lakeloop.project import load_project, project_module, resolve_project  # noqa: E402
-from lakeloop.project._infer import infer_project  # noqa: E402
 
 # what each task is judged on, and the most the served model may trail HistGradientBoosting by
 TARGETS = {"binary": [("roc_auc", 0.02, "abs")], "multiclass": [("accuracy", 0.02, "abs"), ("macro_f1", 0.02, "abs")],
            "regression": [("rmse", 0.10, "rel")]}
-
-
-def example(name: str, rows: int):
-    project = resolve_project(ROOT / "examples" / name)
-    frame = project_module(project, "generate").generate(rows, seed=0)
-    if project.pii:
-        frame = pseudonymise(frame, b"k" * 32, project.pii_columns)  # what training reads: the published data
-    return project, frame
-
-
-def bundled(name: str, folder: Path):
-    import sklearn.datasets
-
-    frame = getattr(sklearn.datasets, f"load_{name}")(as_frame=True).frame
-    frame.columns = [str(c).replace(" ", "_").replace("(", "").replace(")", "") for c in frame.columns]
-    rng = np.random.default_rng(0)
-    frame.loc[rng.random(len(frame)) < 0.05, frame.columns[0]] = np.nan  # a few blanks, as real tables have
-    if name in ("wine", "digits"):
-        frame["target"] = "class_" + frame["target"].astype(str)
-    frame.insert(0, "row_id", [f"r{i:05d}" for i in range(len(frame))])
-    inferred = infer_project(frame, "target", name.replace("_", "-"), id_column="row_id")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "lakeloop.yaml").write_text(yaml.safe_dump(inferred.project, sort_keys=False))
-    (folder / "schema.yaml").write_text(inferred.schema.to_yaml())
-    return load_project(folder), frame
 
 
 def baselines(project, frame: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -143,8 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets.split(","):
             work = Path(tmp) / name
-            project, frame = (example(name, args.rows) if (ROOT / "examples" / name).is_dir()
-                              else bundled(name, work / "project"))
+            project, frame = dataset(name, work / "project", args.rows)
             ours, chosen, seconds = served_model(project, frame, work)
             theirs = baselines(project, frame)
             hgb = theirs["HistGradientBoosting"]
@@ -152,9 +122,9 @@ def main() -> None:
                 # how far behind: RMSE relative (higher is worse), scores absolute (lower is worse)
                 behind = (ours[metric] - hgb[metric]) / hgb[metric] if kind == "rel" else hgb[metric] - ours[metric]
                 linear = next(v for k, v in theirs.items() if k.startswith("linear"))[metric]
-                rows.append((name, project.task, len(frame), metric, ours[metric], hgb[metric], linear,
-                             f"{behind:+.1%}" if kind == "rel" else f"{-behind:+.4f}", behind <= allowed, chosen,
-                             seconds))
+                shown = f"{behind:+.1%}" if kind == "rel" else f"{round(-behind, 4) + 0.0:+.4f}"
+                rows.append((name, project.task, len(frame), metric, ours[metric], hgb[metric], linear, shown,
+                             behind <= allowed, chosen, seconds))
             print(f"{name}: done in {rows[-1][-1]:.0f} s", file=sys.stderr, flush=True)
     print("| dataset | task | rows | metric | lakeloop (served ONNX) | HistGradientBoosting | linear | vs HGB | "
           "target | chosen | train+compress s |")

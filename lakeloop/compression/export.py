@@ -136,28 +136,7 @@ def _preprocessing_graph(spec: FeatureSpec, folded: bool, empty_categorical: boo
     inits += [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
               helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
               helper.make_tensor("flat", TensorProto.INT64, [1], [-1])]
-    for n in spec.numbers:
-        x = n.name
-        inputs.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 1]))
-        nodes += [helper.make_node("IsNaN", [x], [f"{x}__nan"]),
-                  helper.make_node("Where", [f"{x}__nan", "zero", x], [f"{x}__v0"])]  # no NaN past this point
-        value = f"{x}__v0"
-        if n.clip is not None:
-            inits += [helper.make_tensor(f"{x}__lo", TensorProto.FLOAT, [], [n.clip[0]]),
-                      helper.make_tensor(f"{x}__hi", TensorProto.FLOAT, [], [n.clip[1]])]
-            nodes.append(helper.make_node("Clip", [value, f"{x}__lo", f"{x}__hi"], [f"{x}__clip"]))
-            value = f"{x}__clip"
-        if n.log1p:
-            nodes += [helper.make_node("Max", [value, "zero"], [f"{x}__pos"]),
-                      helper.make_node("Add", [f"{x}__pos", "one"], [f"{x}__p1"]),
-                      helper.make_node("Log", [f"{x}__p1"], [f"{x}__log"])]
-            value = f"{x}__log"
-        inits.append(helper.make_tensor(f"{x}__fill", TensorProto.FLOAT, [], [n.fill]))
-        nodes.append(helper.make_node("Where", [f"{x}__nan", f"{x}__fill", value], [f"{x}__filled"]))
-        parts.append(f"{x}__filled")
-        if n.indicator:
-            nodes.append(helper.make_node("Cast", [f"{x}__nan"], [f"{x}__missing"], to=TensorProto.FLOAT))
-            parts.append(f"{x}__missing")
+    parts += _numbers(spec, nodes, inits, inputs)
     width = spec.numeric_width
     if parts:
         target = "numeric" if folded else "numeric__raw"
@@ -204,6 +183,61 @@ def _preprocessing_graph(spec: FeatureSpec, folded: bool, empty_categorical: boo
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                    helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
                              ir_version=IR_VERSION)
+
+
+def _numbers(spec: FeatureSpec, nodes: list, inits: list, inputs: list) -> list[str]:
+    """The numeric features as one [N, K] matrix, each step one vectorised node whatever K is (per-column
+    constants as [K] vectors): NaN → 0, clip, log1p, NaN → the training fill, then the missing
+    indicators, interleaved after their columns in `FeatureSpec.encode`'s order. (One node chain per
+    feature made a 64-feature model spend 300 µs a row in ORT's per-node overhead.)"""
+    numbers = spec.numbers
+    if not numbers:
+        return []
+    k = len(numbers)
+    for n in numbers:
+        inputs.append(helper.make_tensor_value_info(n.name, TensorProto.FLOAT, ["N", 1]))
+    big = float(np.finfo(np.float32).max)
+
+    def vector(name: str, values: list[float]) -> str:
+        inits.append(helper.make_tensor(f"numbers__{name}", TensorProto.FLOAT, [k], values))
+        return f"numbers__{name}"
+
+    nodes += [helper.make_node("Concat", [n.name for n in numbers], ["numbers__raw"], axis=1),
+              helper.make_node("IsNaN", ["numbers__raw"], ["numbers__nan"]),
+              helper.make_node("Where", ["numbers__nan", "zero", "numbers__raw"], ["numbers__v0"])]
+    value = "numbers__v0"  # no NaN past this point
+    if any(n.clip is not None for n in numbers):
+        low = vector("lo", [n.clip[0] if n.clip is not None else -big for n in numbers])
+        high = vector("hi", [n.clip[1] if n.clip is not None else big for n in numbers])
+        nodes += [helper.make_node("Max", [value, low], ["numbers__above"]),
+                  helper.make_node("Min", ["numbers__above", high], ["numbers__clip"])]
+        value = "numbers__clip"
+    if any(n.log1p for n in numbers):
+        inits.append(helper.make_tensor("numbers__log_mask", TensorProto.BOOL, [k], [n.log1p for n in numbers]))
+        nodes += [helper.make_node("Max", [value, "zero"], ["numbers__pos"]),
+                  helper.make_node("Add", ["numbers__pos", "one"], ["numbers__p1"]),
+                  helper.make_node("Log", ["numbers__p1"], ["numbers__log"]),
+                  helper.make_node("Where", ["numbers__log_mask", "numbers__log", value], ["numbers__logged"])]
+        value = "numbers__logged"
+    fill = vector("fill", [n.fill for n in numbers])
+    nodes.append(helper.make_node("Where", ["numbers__nan", fill, value], ["numbers__filled"]))
+    flagged = [i for i, n in enumerate(numbers) if n.indicator]
+    if not flagged:
+        return ["numbers__filled"]
+    # [filled (K) | missing of the flagged (I)] → the encode order: each flagged column followed by its indicator
+    order, position = [], k
+    for i, n in enumerate(numbers):
+        order.append(i)
+        if n.indicator:
+            order.append(position)
+            position += 1
+    inits += [helper.make_tensor("numbers__flagged", TensorProto.INT64, [len(flagged)], flagged),
+              helper.make_tensor("numbers__order", TensorProto.INT64, [len(order)], order)]
+    nodes += [helper.make_node("Gather", ["numbers__nan", "numbers__flagged"], ["numbers__nan_flagged"], axis=1),
+              helper.make_node("Cast", ["numbers__nan_flagged"], ["numbers__missing"], to=TensorProto.FLOAT),
+              helper.make_node("Concat", ["numbers__filled", "numbers__missing"], ["numbers__both"], axis=1),
+              helper.make_node("Gather", ["numbers__both", "numbers__order"], ["numbers__encoded"], axis=1)]
+    return ["numbers__encoded"]
 
 
 def _postprocess(graph: onnx.GraphProto, spec: FeatureSpec) -> None:

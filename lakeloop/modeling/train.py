@@ -18,7 +18,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 
 from lakeloop.config import TrainingConfig
@@ -122,7 +122,11 @@ def train(workdir: Path) -> dict:
         use_distributed_sampler=False, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=str(workdir),
         callbacks=[ModelCheckpoint(dirpath=checkpoints, filename="epoch={epoch}", auto_insert_metric_name=False,
-                                   save_top_k=-1, every_n_epochs=1, save_last=True), history])
+                                   save_top_k=-1, every_n_epochs=1, save_last=True),
+                   ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val_loss", mode="min", save_top_k=1,
+                                   enable_version_counter=False),
+                   *([EarlyStopping("val_loss", patience=config.early_stopping_patience, mode="min")]
+                     if config.early_stopping_patience else []), history])
     resume_from = _resume_point(checkpoints)
     resumed = resume_from is not None
     trainer.fit(system, data, ckpt_path=str(resume_from) if resumed else None)
@@ -131,6 +135,9 @@ def train(workdir: Path) -> dict:
         # dies in gloo's teardown ("terminate called without an active exception", SIGABRT).
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    best = checkpoints / "best.ckpt"
+    if config.early_stopping_patience and best.exists():  # the epoch with the lowest validation loss is the model
+        system.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     if trainer.global_rank != 0:
         return {}
     net.eval()
@@ -142,11 +149,17 @@ def train(workdir: Path) -> dict:
     result = {"test_metrics": metrics, "task": project.task, "history": history.epochs,
               "resumed": resumed, "world_size": world, "precision": _precision(config, on_gpu),
               "accelerator": "gpu" if on_gpu else "cpu", "epochs": config.epochs,
+              "epochs_run": trainer.current_epoch, "best_epoch": _best_epoch(history.epochs),
               "backend": ("nccl" if on_gpu else "gloo") if ddp else "none"}
     torch.save({k: v.cpu() for k, v in net.state_dict().items()}, workdir / "model.pt")
     (workdir / "result.json.tmp").write_text(json.dumps(result, indent=2))
     os.replace(workdir / "result.json.tmp", workdir / "result.json")
     return result
+
+
+def _best_epoch(epochs: list[dict]) -> int | None:
+    losses = [(e["val_loss"], e["epoch"]) for e in epochs if "val_loss" in e and "epoch" in e]
+    return int(min(losses)[1]) if losses else None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,8 +21,10 @@ def test_training_benchmark():
 
 
 def test_inference_benchmark():
-    out = _run("benchmarks/inference.py", "--rows", "12000", "--epochs", "2", "--repeat", "200")
-    assert "chosen variant:" in out and out.count("faster than the baseline") == 2
+    out = _run("benchmarks/inference.py", "--projects", "fraud,wine", "--rows", "12000", "--epochs", "2",
+               "--repeat", "200")
+    assert "fraud (binary" in out and "wine (multiclass" in out and out.count("chosen variant") == 2
+    assert out.count("faster than the baseline") == 4
 
 
 def test_gpu_benchmark_code_path_on_cpu():
