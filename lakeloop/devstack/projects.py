@@ -14,7 +14,6 @@ deployments tagged `project:<name>`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,5 +151,3 @@ def deployments_file(state_dir: Path, project: Project, template: Path, schedule
                     + yaml.safe_dump(spec, sort_keys=False))
     return path
 
-
-Log = Callable[[str], None]
