@@ -410,16 +410,12 @@ VaultRole = Annotated[str | None, typer.Option(help="Vault role for Kubernetes a
 
 def _port_is_free(host: str, port: int) -> None:
     """Refuse, before claiming to serve, a port another process holds (the dev stack's, say)."""
-    import socket
+    from lakeloop.devstack._proc import port_error
 
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise LakeloopError(f"cannot listen on {host}:{port}: {exc.strerror} (another process holds it; "
-                                "the dev stack's ports are in `lakeloop dev status`): choose another with "
-                                "--port") from None
+    error = port_error(host, port)
+    if error is not None:
+        raise LakeloopError(f"cannot listen on {host}:{port}: {error.strerror} (another process holds it; "
+                            "the dev stack's ports are in `lakeloop dev status`): choose another with --port")
 
 
 def _cpu_list(text: str | None) -> list[int] | None:

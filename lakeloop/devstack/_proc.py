@@ -24,6 +24,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def port_error(host: str, port: int) -> OSError | None:
+    """Why `port` on `host` cannot be listened on now (None if it can), probed as the servers bind."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0,
                process: subprocess.Popen | None = None, log_file: Path | None = None) -> None:
     """Poll `check` until it is true; fail with the process's log tail if it dies or times out."""

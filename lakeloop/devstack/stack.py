@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -58,13 +57,7 @@ class Service:
 def _port(name: str) -> int:
     """The service's usual port when it is free, else any free port."""
     preferred = DEFAULT_PORTS[name]
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers themselves bind
-        try:
-            sock.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            return _proc.free_port()
+    return preferred if _proc.port_error("127.0.0.1", preferred) is None else _proc.free_port()
 
 
 def _service(name: str, url: str, health: str, pid: int) -> Service:

@@ -175,7 +175,7 @@ def _from_json(name: str, datatype: str, data: object, rows: int, nullable: bool
     if not isinstance(data, list):
         raise V2Error(f"input {name!r}: 'data' must be a list")
     if datatype == "BYTES":
-        flat = data if (not data or not isinstance(data[0], list)) else [v for row in data for v in row]
+        flat = _flat(data)
         if len(flat) != rows:
             raise V2Error(f"input {name!r} has {len(flat)} values for shape [{rows}, 1]")
         if nullable:  # null is a missing category: the model's "" (its missing bucket)
@@ -198,13 +198,17 @@ def _from_json(name: str, datatype: str, data: object, rows: int, nullable: bool
     return array
 
 
+def _flat(data: list) -> list:
+    """JSON tensor data as one list: [[a], [b]] (row-major, as clients send [N, 1]) or [a, b]."""
+    return data if (not data or not isinstance(data[0], list)) else [v for row in data for v in row]
+
+
 def _with_nulls(name: str, datatype: str, data: list) -> np.ndarray | None:
     """FP32 JSON data with nulls (missing values) as NaN; None if it holds anything else but numbers."""
     if datatype != "FP32":
         return None
-    flat = data if (not data or not isinstance(data[0], list)) else [v for row in data for v in row]
     try:
-        return np.array([np.nan if v is None else v for v in flat], dtype=np.float32)
+        return np.array([np.nan if v is None else v for v in _flat(data)], dtype=np.float32)
     except (ValueError, TypeError):
         return None
 

@@ -183,9 +183,10 @@ class ModelServer:
             return served
         with self._adding:
             if name not in self.models:
-                log.info("%s: found; following %s", name, self._source_of(name).describe())
-                self.models = {**self.models, name: ServedModel(name, self._source_of(name), self.tuning,
-                                                                self.metrics)}  # one rebind: readers never lock
+                source = self._source_of(name)
+                log.info("%s: found; following %s", name, source.describe())
+                served = ServedModel(name, source, self.tuning, self.metrics)
+                self.models = {**self.models, name: served}  # one rebind: readers never lock
             return self.models[name]
 
     def load(self, name: str) -> dict:
