@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 STATE  ?= .lakeloop
 
-.PHONY: run test test-all lint bench bench-tools up down status clean install
+.PHONY: run test test-all lint bench bench-tools up down status clean install proto
 
 install: $(STAMP)
 
@@ -21,12 +21,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## start the embedded stack, run the whole loop through its triggers, stop the stack
 	$(VENV)/bin/lakeloop demo --project examples/fraud --state-dir $(STATE)
 
-test: $(STAMP)  ## the default suite (a few minutes on 2 cores)
+test: $(STAMP)  ## the quick suite: everything but the tests marked slow (about 15 minutes on 2 cores)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q --durations=15
 
-test-all: $(STAMP)
-	$(PY) -m pytest -q
+test-all: $(STAMP)  ## every test, the end-to-end stacks included (what CI runs; about 35 minutes)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q --durations=15
+
+proto: $(STAMP)  ## regenerate the gRPC messages (lakeloop/serving/_inference_pb2.py) from lakeloop/serving/proto
+	$(PY) lakeloop/serving/proto/generate.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -41,10 +45,11 @@ bench: $(STAMP) bench-tools
 	$(PY) benchmarks/quality.py
 	$(PY) benchmarks/gpu_train.py
 
-# wrk (Debian package) drives the serving benchmark; KServe and Evidently get venvs of their own
+# wrk and h2load (Debian packages) drive the serving benchmark; KServe and Evidently get venvs of their own
 # (KServe's pins clash with prefect's; Evidently 0.7 needs pandas < 3).
 bench-tools:
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	command -v wrk >/dev/null && command -v h2load >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq wrk nghttp2-client)
 	test -x .venv-kserve/bin/python || ($(PYTHON) -m venv .venv-kserve && \
 		.venv-kserve/bin/pip install --quiet "kserve==0.21.0" "onnxruntime>=1.32")
 	test -x .venv-evidently/bin/python || ($(PYTHON) -m venv .venv-evidently && \

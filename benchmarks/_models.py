@@ -49,7 +49,8 @@ def _rewire_probability(source: Path, path: Path, constants: dict[str, np.ndarra
 def nan_on_zero_amount(source: Path, path: Path) -> Path:
     """A copy whose probability is NaN when amount is 0 (probability * amount / amount): a model
     that looks fine on real rows but fails the server's smoke inference."""
-    return _rewire_probability(source, path, {}, [
+    return _rewire_probability(source, path, {"amount_column": np.array([0], dtype=np.int64)}, [
+        helper.make_node("Gather", ["numbers", "amount_column"], ["amount"], axis=1),  # the first packed number
         helper.make_node("Div", ["amount", "amount"], ["amount_ratio"]),
         helper.make_node("Mul", ["probability_raw", "amount_ratio"], ["probability"])])
 
@@ -58,3 +59,17 @@ def inverted(source: Path, path: Path) -> Path:
     """The same model answering 1 - p: a challenger that must lose the gate."""
     return _rewire_probability(source, path, {"inverted_one": np.array(1.0, dtype=np.float32)},
                                [helper.make_node("Sub", ["inverted_one", "probability_raw"], ["probability"])])
+
+
+def wide_mlp(path: Path, features: int = 512, hidden: int = 1024, classes: int = 16, seed: int = 0) -> Path:
+    """A plain torch MLP (features → hidden → hidden → classes, softmax) exported to ONNX with a free
+    batch dimension, as a user would export their own: input `features` [N, features], output `scores`.
+    Its own cost (~1.6M multiply-adds a row) dominates a request's, unlike the fraud model's."""
+    import torch
+
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(features, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
+                              torch.nn.ReLU(), torch.nn.Linear(hidden, classes), torch.nn.Softmax(dim=-1)).eval()
+    torch.onnx.export(net, (torch.zeros(1, features),), str(path), input_names=["features"], output_names=["scores"],
+                      dynamic_axes={"features": {0: "N"}, "scores": {0: "N"}}, opset_version=17, dynamo=False)
+    return path

@@ -38,7 +38,7 @@ from lakeloop.config import DataConfig
 from lakeloop.deploy import ServerClient
 from lakeloop.errors import DataValidationError, LakeloopError
 from lakeloop.project import Project, project_module
-from lakeloop.secrets import SERVING_PATH
+from lakeloop.secrets import serving_keys
 from tasks.drift import DriftOutcome
 
 Progress = Callable[[str], None]
@@ -191,7 +191,7 @@ def _stage(client, children) -> str:
 
 
 def serving_key(data: DataConfig) -> str:
-    return LakeFSConnection.load(data.lakefs_block).vault.client().read_key(SERVING_PATH, "api_keys").split(",")[0]
+    return serving_keys(LakeFSConnection.load(data.lakefs_block).vault.client())[0]
 
 
 def send_traffic(url: str, key: str, project: Project, seed: int, drift: str | None = None,

@@ -22,22 +22,32 @@ from lakeloop.compression.export import primary_output
 from lakeloop.errors import DeploymentError
 from lakeloop.modeling.features import boolean_values, category_strings, split_of
 from lakeloop.modeling.metrics import task_metrics
+from lakeloop.packing import pack, packing_of
 
 
 def raw_inputs(session: ort.InferenceSession, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The rows of `frame` as the model's named inputs ([N, 1] each), read from the graph itself: strings as
-    canonical category strings ("" = missing), numbers and booleans as float32 (NaN = missing)."""
-    feeds = {}
+    """The rows of `frame` as the model's graph inputs (see `raw_columns`), packed as the model declares."""
+    return pack(raw_columns(session, frame), packing_of(session.get_modelmeta().custom_metadata_map))
+
+
+def raw_columns(session: ort.InferenceSession, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The rows of `frame` as one [N, 1] array per column the model reads, as a V2 client sends them: read
+    from the model itself (its inputs and the columns each packs), strings as canonical category strings
+    ("" = missing), numbers and booleans as float32 (NaN = missing)."""
+    packing = packing_of(session.get_modelmeta().custom_metadata_map)
+    columns = {}
     for node in session.get_inputs():
-        column = frame[node.name]
-        if node.type == "tensor(string)":
-            values = category_strings(column).to_numpy(dtype=object)
-        elif pd.api.types.is_bool_dtype(column) or not pd.api.types.is_numeric_dtype(column):
-            values = boolean_values(column, node.name).astype(np.float32)
-        else:
-            values = column.to_numpy(dtype=np.float32)
-        feeds[node.name] = values.reshape(-1, 1)
-    return feeds
+        strings = node.type == "tensor(string)"
+        for name in packing.get(node.name, [node.name]):
+            column = frame[name]
+            if strings:
+                values = category_strings(column).to_numpy(dtype=object)
+            elif pd.api.types.is_bool_dtype(column) or not pd.api.types.is_numeric_dtype(column):
+                values = boolean_values(column, name).astype(np.float32)
+            else:
+                values = column.to_numpy(dtype=np.float32)
+            columns[name] = values.reshape(-1, 1)
+    return columns
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from lakeloop.config import DeployConfig, RegistryConfig
 from lakeloop.events import model_resource
 from lakeloop.project import Project
 from lakeloop.registry import Registry
-from lakeloop.secrets import SERVING_PATH
+from lakeloop.secrets import serving_keys
 
 ONNX = "model.onnx"
 
@@ -59,7 +59,7 @@ def _model_file(registry: RegistryConfig, deploy: DeployConfig, version: int) ->
 
 def _server(registry: RegistryConfig, deploy: DeployConfig) -> d.ServerClient:
     vault = LakeFSConnection.load(registry.lakefs_block).vault.client()
-    key = vault.read_key(SERVING_PATH, "api_keys").split(",")[0].strip()
+    key = serving_keys(vault)[0]
     return d.ServerClient(deploy.server_url, registry.model_name, key)
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from blocks import LakeFSConnection
 from lakeloop import deploy as d
-from lakeloop.compression import onnx_inputs
+from lakeloop.compression import feature_columns
 from lakeloop.config import DataConfig, DriftConfig, RegistryConfig
 from lakeloop.data import _wap as wap
 from lakeloop.drift import DriftReport, Reference
@@ -95,7 +95,7 @@ def drift_reference(registry: RegistryConfig, data: DataConfig, drift: DriftConf
     if len(train) > drift.reference_rows:
         train = train.sample(drift.reference_rows, random_state=0)
     # the model's inputs as the server receives and logs them (float32 numbers, "" for a missing category)
-    columns = {name: values.ravel() for name, values in onnx_inputs(train, spec).items()}
+    columns = {name: values.ravel() for name, values in feature_columns(train, spec).items()}
     model = d.OnnxModel(model_dir / "model.onnx")
     columns[score_feature(spec.label.task)] = (model.predicted_labels(train).astype(str)
                                                if spec.label.task == "multiclass" else model.score(train))

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lakeloop.errors import LakeloopError
+from lakeloop.shipped import add_to_path, shipped_root
 
 app = typer.Typer(help="lakeloop: the MLOps loop on lakeFS, Prefect, Vault and ONNX Runtime.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -69,7 +70,7 @@ def dev_credentials(
         KEY=$(lakeloop dev credentials serving); TOKEN=$(lakeloop dev credentials webhook)
     """
     from lakeloop.devstack import stack
-    from lakeloop.secrets import SERVING_PATH, WEBHOOK_PATH, VaultClient
+    from lakeloop.secrets import SERVING_PATH, WEBHOOK_PATH, VaultClient, parse_api_keys
     from lakeloop.serving import vault_settings
 
     paths = {"serving": (SERVING_PATH, "api_keys"), "webhook": (WEBHOOK_PATH, "token")}
@@ -81,7 +82,7 @@ def dev_credentials(
     approle = state_dir.resolve() / "vault" / f"{which}.approle.json"
     path, key = paths[which]
     value = VaultClient(vault_settings(services["vault"].url, approle_file=str(approle))).read_key(path, key)
-    out.print(value.split(",")[0], highlight=False, soft_wrap=True)
+    out.print(parse_api_keys(value)[0] if which == "serving" else value, highlight=False, soft_wrap=True)
 
 
 @dev.command("lakefs")
@@ -269,7 +270,9 @@ def _console_without_tracebacks() -> None:
 
 
 def _drain_prefect() -> None:
-    """Send buffered run logs and events before the server may stop."""
+    """Send buffered run logs and events before the server may stop. (Prefect's workers warn "Still
+    processing items" whenever a drain finds its queue non-empty, e.g. a block-loaded event: on a drain
+    that is the point, so that warning is held back; failures to send still show.)"""
     import inspect
 
     from prefect.events.worker import EventsWorker
@@ -281,7 +284,15 @@ def _drain_prefect() -> None:
             if inspect.isawaitable(result):
                 await result
 
-    run_coro_as_sync(drain())
+    quiet = [logging.getLogger(name) for name in ("EventsWorker", "APILogWorker")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        run_coro_as_sync(drain())
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
 
 
 @data.command("ingest")
@@ -408,14 +419,14 @@ VaultAuth = Annotated[str | None, typer.Option(help="token, approle or kubernete
 VaultRole = Annotated[str | None, typer.Option(help="Vault role for Kubernetes auth.")]
 
 
-def _port_is_free(host: str, port: int) -> None:
+def _port_is_free(host: str, port: int, flag: str = "--port") -> None:
     """Refuse, before claiming to serve, a port another process holds (the dev stack's, say)."""
     from lakeloop.devstack._proc import port_error
 
     error = port_error(host, port)
     if error is not None:
         raise LakeloopError(f"cannot listen on {host}:{port}: {error.strerror} (another process holds it; "
-                            "the dev stack's ports are in `lakeloop dev status`): choose another with --port")
+                            f"the dev stack's ports are in `lakeloop dev status`): choose another with {flag}")
 
 
 def _cpu_list(text: str | None) -> list[int] | None:
@@ -445,9 +456,30 @@ def serve(
     registry: RegistryRepo = "lakeloop-models",
     host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 in a container).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    grpc_port: Annotated[int | None, typer.Option(help="Also serve V2 over gRPC (KServe's GRPCInferenceService) on "
+                                                       "this port, e.g. 8081.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes; 0: one per CPU it may use.")] = 0,
     cpus: Annotated[str | None, typer.Option(help="Pin to these CPUs, e.g. '0' or '0-3'.")] = None,
-    max_batch: Annotated[int, typer.Option(min=1, help="Most rows one request may carry.")] = 1024,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most rows one request (or one merged batch) may carry.")]
+    = 1024,
+    max_batch_delay_us: Annotated[int, typer.Option(min=0, help="Adaptive batching: merge concurrent requests "
+                                                    "for a model into one ONNX Runtime call, the first waiting at "
+                                                    "most this many microseconds (0: merge only the requests that "
+                                                    "arrived together, never wait).")] = 0,
+    batching: Annotated[bool, typer.Option(help="Adaptive batching on (the default) or off (one ONNX Runtime "
+                                                "call per request).")] = True,
+    preferred_batch: Annotated[int, typer.Option(min=1, help="Adaptive batching: run a merged batch as soon as it "
+                                                             "holds this many rows.")] = 64,
+    max_body_bytes: Annotated[int, typer.Option(min=1024, help="Largest request body; larger ones get 413.")]
+    = 64 * 1024 * 1024,
+    max_string_bytes: Annotated[int, typer.Option(min=1, help="Largest BYTES element (a string) in a request.")]
+    = 65_536,
+    body_timeout: Annotated[float, typer.Option(min=0.01, help="Seconds a client has to send a request body "
+                                                               "(408 after them).")] = 30.0,
+    max_header_bytes: Annotated[int, typer.Option(min=1024, help="Largest request line plus headers (431 above "
+                                                                 "it).")] = 16_384,
+    header_timeout: Annotated[float, typer.Option(min=0.01, help="Seconds a client has to send a request's line "
+                                                                 "and headers (408 after them).")] = 10.0,
     api_key: Annotated[list[str] | None, typer.Option(
         help="An accepted API key (repeatable). Default: LAKELOOP_API_KEYS (comma-separated), else Vault.")] = None,
     intra_op_threads: Annotated[int, typer.Option(min=0, help="ORT threads inside an operator.")] = 1,
@@ -480,16 +512,19 @@ def serve(
     """
     from pydantic import SecretStr, ValidationError
 
+    from lakeloop.secrets import parse_api_keys
     from lakeloop.serving import ServeSettings, Tuning, run, vault_settings
 
     cache_dir = cache_dir or state_path("serving")
     _port_is_free(host, port)
+    if grpc_port is not None:
+        _port_is_free(host, grpc_port, "--grpc-port")
     registry_mode = bool(model) or all_models
     if (onnx is None) == (not registry_mode):
         raise LakeloopError("give exactly one of --onnx FILE, or --model NAME / --all-models")
     if onnx is not None and not onnx.is_file():
         raise LakeloopError(f"--onnx {onnx}: no such file")
-    keys = api_key or [k.strip() for k in os.environ.get("LAKELOOP_API_KEYS", "").split(",") if k.strip()]
+    keys = api_key or parse_api_keys(os.environ.get("LAKELOOP_API_KEYS", ""))
     has_vault_credentials = bool(vault_approle_file or vault_role or vault_auth or os.environ.get("VAULT_ROLE_ID")
                                  or os.environ.get("VAULT_TOKEN"))
     use_vault = bool(vault_addr) and (registry_mode or (has_vault_credentials and not keys))
@@ -497,8 +532,12 @@ def serve(
         settings = ServeSettings(
             name=name or (onnx.stem if onnx else ""), onnx=str(onnx) if onnx else None, models=model or [],
             all_models=all_models,
-            alias=alias, registry=registry, host=host, port=port, workers=workers, cpus=_cpu_list(cpus),
-            max_batch=max_batch, poll_seconds=poll_seconds,
+            alias=alias, registry=registry, host=host, port=port, grpc_port=grpc_port, workers=workers,
+            cpus=_cpu_list(cpus),
+            max_batch=max_batch, max_body_bytes=max_body_bytes, max_string_bytes=max_string_bytes,
+            body_timeout=body_timeout, max_header_bytes=max_header_bytes, header_timeout=header_timeout,
+            batch_delay_us=max_batch_delay_us if batching else None, preferred_batch=preferred_batch,
+            poll_seconds=poll_seconds,
             tuning=Tuning(intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
                           graph_optimization=graph_optimization, cache_dir=str(cache_dir / "optimized")),
             api_keys=[SecretStr(k) for k in keys] if not use_vault else [],
@@ -513,8 +552,9 @@ def serve(
     from lakeloop.serving._main import describe, workers_for
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    console.print(f"serving on http://{host}:{port}/v2 "
-                  f"({workers_for(settings)} worker(s))", highlight=False)
+    console.print(f"serving on http://{host}:{port}/v2" + (f" and grpc://{host}:{grpc_port}" if grpc_port is not None
+                                                            else "") + f" ({workers_for(settings)} worker(s))",
+                  highlight=False)
     for line in describe(settings):
         console.print(f"  {line}", highlight=False)
     run(settings)
@@ -545,6 +585,7 @@ def webhook(
 
     import uvicorn
 
+    from lakeloop._uvicorn import options as bounded_http
     from lakeloop.secrets import WEBHOOK_PATH, VaultClient
     from lakeloop.serving import vault_settings
     from lakeloop.webhooks import Deliveries, PrefectEvents, create_app
@@ -574,11 +615,13 @@ def webhook(
     app = create_app(token, PrefectEvents(prefect_api), Deliveries(deliveries), tuple(branch or ["main"]))
     console.print(f"webhook receiver on http://{host}:{port}/hooks/lakefs and /hooks/retrain → {prefect_api}",
                   highlight=False)
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", **bounded_http())
 
 
 def main() -> None:
     """Console entry point: lakeloop errors become one clear line and exit code 1."""
+    if shipped_root() is not None:  # the flows and blocks commands import: the checkout's, or the installed bundle's
+        add_to_path()
     try:
         app()
     except LakeloopError as exc:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pandas as pd
 import torch
@@ -127,28 +128,37 @@ class _Calibration(CalibrationDataReader):
         return next(self._batches, None)
 
 
-# Only the net's matrix products are quantized: the preprocessing (scaling, category lookup) and the
-# embeddings stay exact, so a quantized model sees the same features as the FP32 one.
+# Only the net's matrix products are quantized, and not the first one that reads the numeric inputs:
+# the built-in net's graph folds the standard scaling into that layer, so it sees raw values (amounts
+# in thousands next to 0/1 flags), which one int8 scale per tensor cannot hold. The preprocessing and
+# the embeddings stay exact too, so a quantized model sees the same features as the FP32 one.
 QUANTIZED_OPS = ["Gemm", "MatMul"]
 
 
-def _prepared(fp32: Path) -> Path:
-    """ORT's recommended pre-processing (shape inference, optimisation) before quantizing."""
+def _prepared(fp32: Path) -> tuple[Path, list[str]]:
+    """ORT's recommended pre-processing (shape inference, optimisation) before quantizing, and the names
+    of the matrix products that read the numeric matrix (kept in FP32)."""
     prepared = fp32.with_name(fp32.stem + ".prequant.onnx")
     if not prepared.exists():
         quant_pre_process(str(fp32), str(prepared))
-    return prepared
+    graph = onnx.load(str(prepared)).graph
+    first = [n.name for n in graph.node if n.op_type in QUANTIZED_OPS and "numeric" in n.input]
+    return prepared, first
 
 
 def quantize_dynamic_int8(fp32: Path, out: Path) -> Path:
-    quantize_dynamic(str(_prepared(fp32)), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS)
+    prepared, first = _prepared(fp32)
+    # dynamic quantization first rewrites each Gemm as a MatMul named NAME_MatMul (and an Add)
+    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS,
+                     nodes_to_exclude=[*first, *(f"{name}_MatMul" for name in first)])
     return out
 
 
 def quantize_static_qdq(fp32: Path, out: Path, calibration: pd.DataFrame, spec: FeatureSpec) -> Path:
-    quantize_static(str(_prepared(fp32)), str(out), _Calibration(calibration, spec), quant_format=QuantFormat.QDQ,
+    prepared, first = _prepared(fp32)
+    quantize_static(str(prepared), str(out), _Calibration(calibration, spec), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=QUANTIZED_OPS)
+                    op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=first)
     return out
 
 

@@ -26,6 +26,7 @@ import psutil
 
 from lakeloop.devstack import _proc, bao
 from lakeloop.errors import DevStackError
+from lakeloop.shipped import required_root
 
 STACK_FILE = "stack.json"
 ENV_FILE = "env"
@@ -186,12 +187,9 @@ def _start_serving(state_dir: Path, services: dict[str, Service], approle_file: 
 
 
 def project_dir() -> Path:
-    """The checkout with deployments.yaml and flows/: `prefect deploy` reads it, the worker runs from it."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "deployments.yaml").is_file() or not (root / "flows").is_dir():
-        raise DevStackError(f"no deployments.yaml and flows/ in {root}: `lakeloop dev up` deploys the flows of a "
-                            "lakeloop checkout (git clone, then `pip install -e .`)")
-    return root
+    """Where deployments.yaml and flows/ are (the checkout, or the bundle an installed lakeloop carries):
+    `prefect deploy` reads it, the worker runs flows from it."""
+    return required_root()
 
 
 def _prefect_cli(args: list[str], env: dict[str, str], log_file: Path, timeout: float = 300) -> str:

@@ -139,11 +139,15 @@ def _launch(workdir: Path, config: TrainingConfig, timeout: float | None) -> dic
 
 
 def record_lineage(workdir: Path, **sections: object) -> dict:
-    """Add sections (metrics, compression table, ...) to the run's lineage.json; returns the whole record."""
+    """Add sections (metrics, compression table, ...) to the run's lineage.json; returns the whole record.
+
+    Under the folder's lock: two runs sharing the folder (a triggered retrain and a manual one) each add
+    their sections to the other's instead of replacing them, and never rename one temporary file twice."""
     path = workdir / "lineage.json"
-    lineage = json.loads(path.read_text()) if path.exists() else {}
-    lineage.update(sections)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(lineage, indent=2, default=str))
-    os.replace(tmp, path)
+    with run_lock(workdir):
+        lineage = json.loads(path.read_text()) if path.exists() else {}
+        lineage.update(sections)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(lineage, indent=2, default=str))
+        os.replace(tmp, path)
     return lineage

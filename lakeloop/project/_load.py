@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from lakeloop.errors import ProjectError
 from lakeloop.project._model import Path_, Project
+from lakeloop.shipped import shipped_root
 
 PROJECT_FILE = "lakeloop.yaml"
 
@@ -27,21 +28,22 @@ def project_file(where: str | Path) -> Path:
     return path
 
 
-CHECKOUT = Path(__file__).resolve().parents[2]  # lakeloop's own repository, when run from a checkout
-EXAMPLES = CHECKOUT / "examples"
+SHIPPED = shipped_root()  # lakeloop's checkout, or the bundle an installed lakeloop carries
+EXAMPLES = SHIPPED / "examples" if SHIPPED else None
 
 
 def resolve_project(ref: str | Path | Project) -> Project:
     """A project from a folder or file path (relative to the working directory, then to lakeloop's
-    checkout, so `examples/fraud` works from anywhere), or by name: a folder `NAME` under any of the
+    checkout or installed bundle, so `examples/fraud` works from anywhere), or by name: a folder `NAME` under any of the
     folders in LAKELOOP_PROJECTS (separated by `os.pathsep`), then under lakeloop's `examples/`."""
     if isinstance(ref, Project):
         return ref
     path = Path(ref).expanduser()
-    for candidate in (path, *(() if path.is_absolute() else (CHECKOUT / path,))):
+    for candidate in (path, *(() if path.is_absolute() or SHIPPED is None else (SHIPPED / path,))):
         if candidate.exists():
             return load_project(candidate)
-    roots = [Path(p) for p in os.environ.get("LAKELOOP_PROJECTS", "").split(os.pathsep) if p] + [EXAMPLES]
+    roots = [Path(p) for p in os.environ.get("LAKELOOP_PROJECTS", "").split(os.pathsep) if p]
+    roots += [EXAMPLES] if EXAMPLES else []
     for root in roots:
         if (root / str(ref) / PROJECT_FILE).is_file():
             return load_project(root / str(ref))

@@ -18,6 +18,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Protocol
 import lakefs
 
 from lakeloop.data._lakefs import lakefs_errors, upload_stream
-from lakeloop.errors import RegistryError
+from lakeloop.errors import MergeConflictError, RegistryError
 from lakeloop.secrets import MODEL_SIGNING_KEY, VaultClient
 
 ALIASES = ("production", "staging", "previous")
@@ -117,31 +118,64 @@ class Registry:
         return sorted(int(p.rstrip("/").rsplit("/v", 1)[1]) for p in prefixes if p.rstrip("/")[-1].isdigit())
 
     def register(self, name: str, files: Mapping[str, Path], details: Mapping, actor: str) -> ModelVersion:
-        """Upload the files, write and sign the manifest, commit: one commit per version."""
+        """Upload the files, write and sign the manifest, commit: one commit per version, merged into main.
+
+        Safe to run concurrently (a triggered retrain and a manual one): each registration claims its version
+        number by creating the branch `register-<name>-v<N>` (creation is atomic: a second claimant gets a
+        conflict and takes the next number), writes only on that branch and merges it, so no run's files
+        land in another's version or commit.
+        """
         if not files:
             raise RegistryError(f"registering {name}: no files given")
         with lakefs_errors(self._host(), f"opening the registry {self.repository}"):
             self._repo.create(storage_namespace=self.namespace, default_branch="main", exist_ok=True)
-        version = (self.versions(name) or [0])[-1] + 1
-        prefix = f"models/{name}/v{version}"
-        entries = {}
-        with lakefs_errors(self._host(), f"uploading {name} v{version}"):
-            for rel, path in sorted(files.items()):
-                with open(path, "rb") as source:
-                    size, sha = upload_stream(self.client, self.repository, "main", f"{prefix}/{rel}", source)
-                entries[rel] = {"sha256": sha, "size": size}
-        manifest = {"name": name, "version": version, "registered_at": _now(), "registered_by": actor,
-                    "files": entries, **details}
-        payload = canonical(manifest)
-        signature = self.signer.sign(payload)
-        with lakefs_errors(self._host(), f"committing {name} v{version}"):
-            main = self._main()
-            main.object(f"{prefix}/{MANIFEST}").upload(payload, content_type="application/json")
-            main.object(f"{prefix}/{SIGNATURE}").upload(signature, content_type="text/plain")
-            commit = main.commit(f"register {name} v{version}", metadata={
-                "model": name, "version": str(version), "manifest_sha256": hashlib.sha256(payload).hexdigest(),
-                "actor": actor}).get_commit()
+        version, branch = self._claim(name)
+        try:
+            prefix = f"models/{name}/v{version}"
+            entries = {}
+            with lakefs_errors(self._host(), f"uploading {name} v{version}"):
+                for rel, path in sorted(files.items()):
+                    with open(path, "rb") as source:
+                        size, sha = upload_stream(self.client, self.repository, branch.id, f"{prefix}/{rel}", source)
+                    entries[rel] = {"sha256": sha, "size": size}
+            manifest = {"name": name, "version": version, "registered_at": _now(), "registered_by": actor,
+                        "files": entries, **details}
+            payload = canonical(manifest)
+            signature = self.signer.sign(payload)
+            with lakefs_errors(self._host(), f"committing {name} v{version}"):
+                branch.object(f"{prefix}/{MANIFEST}").upload(payload, content_type="application/json")
+                branch.object(f"{prefix}/{SIGNATURE}").upload(signature, content_type="text/plain")
+                commit = branch.commit(f"register {name} v{version}", metadata={
+                    "model": name, "version": str(version), "manifest_sha256": hashlib.sha256(payload).hexdigest(),
+                    "actor": actor}).get_commit()
+            self._merge(branch, f"registering {name} v{version}")
+        finally:
+            with lakefs_errors(self._host(), f"removing the claim branch {branch.id}"):
+                branch.delete()
         return ModelVersion(name, version, commit.id, manifest)
+
+    def _claim(self, name: str, attempts: int = 100) -> tuple[int, lakefs.Branch]:
+        """The next free version number of `name` and its claim branch (see `register`)."""
+        version = (self.versions(name) or [0])[-1] + 1
+        with lakefs_errors(self._host(), f"claiming a version of {name}"):
+            for _ in range(attempts):
+                branch = self._repo.branch(f"register-{name}-v{version}")
+                try:
+                    branch.create(source_reference="main", exist_ok=False)
+                except lakefs.exceptions.ConflictException:  # another registration holds this number
+                    version += 1
+                    continue
+                if not branch.object(f"models/{name}/v{version}/{MANIFEST}").exists():
+                    return version, branch
+                branch.delete()  # merged by a registration that finished since we listed: the next one
+                version += 1
+        raise RegistryError(f"registering {name}: no free version number after {attempts} tries (claim branches "
+                            f"register-{name}-v* of crashed runs can be deleted)")
+
+    def _merge(self, branch: lakefs.Branch, doing: str) -> None:
+        """Merge a branch into main (main never holds uncommitted writes: every change comes through a branch)."""
+        with lakefs_errors(self._host(), doing):
+            branch.merge_into(self._main())
 
     # -- aliases -------------------------------------------------------------------------------------
 
@@ -162,33 +196,61 @@ class Registry:
         """Point `alias` at `version` in one commit; promoting to production keeps the old one as `previous`."""
         if version not in self.versions(name):
             raise RegistryError(f"{name} has no version {version} (versions: {self.versions(name) or 'none'})")
-        main = self._main()
-        changes = {alias: version}
-        if alias == "production":
-            current = self.alias(name, "production")
-            if current is not None and current != version:
-                changes["previous"] = current
-        with lakefs_errors(self._host(), f"moving {name}@{alias} to v{version}"):
-            for name_alias, target in changes.items():
-                record = {"version": target, "moved_at": _now(), "moved_by": actor, "reason": reason}
-                main.object(self._alias_path(name, name_alias)).upload(json.dumps(record),
-                                                                        content_type="application/json")
+
+        def change() -> tuple[dict[str, bytes | None], str, dict[str, str]]:
+            changes = {alias: version}
+            if alias == "production":
+                current = self.alias(name, "production")
+                if current is not None and current != version:
+                    changes["previous"] = current
+            writes = {self._alias_path(name, a): json.dumps({"version": v, "moved_at": _now(), "moved_by": actor,
+                                                               "reason": reason}).encode()
+                      for a, v in changes.items()}
             moved = ", ".join(f"{a}=v{v}" for a, v in changes.items())
-            commit = main.commit(f"{name}: {moved}" + (f" ({reason})" if reason else ""),
-                                 metadata={"model": name, "actor": actor, "reason": reason,
-                                           **{f"alias.{a}": str(v) for a, v in changes.items()}})
-            return commit.get_commit().id
+            return writes, f"{name}: {moved}" + (f" ({reason})" if reason else ""), {
+                "model": name, "actor": actor, "reason": reason, **{f"alias.{a}": str(v) for a, v in changes.items()}}
+
+        return self._change_main(f"moving {name}@{alias} to v{version}", change)
 
     def unset(self, name: str, alias: str, actor: str, reason: str = "") -> None:
         """Remove an alias (one commit): e.g. undo the first ever promotion to production."""
-        main = self._main()
         with lakefs_errors(self._host(), f"removing {name}@{alias}"):
-            obj = main.object(self._alias_path(name, alias))
-            if not obj.exists():
+            if not self._main().object(self._alias_path(name, alias)).exists():
                 return
-            obj.delete()
-            main.commit(f"{name}: unset {alias}" + (f" ({reason})" if reason else ""),
-                        metadata={"model": name, "actor": actor, "reason": reason, f"alias.{alias}": "none"})
+        self._change_main(f"removing {name}@{alias}", lambda: (
+            {self._alias_path(name, alias): None}, f"{name}: unset {alias}" + (f" ({reason})" if reason else ""),
+            {"model": name, "actor": actor, "reason": reason, f"alias.{alias}": "none"}))
+
+    def _change_main(self, doing: str, change, attempts: int = 20) -> str:
+        """One commit of `change()`'s writes (path → bytes, or None to delete) merged into main; returns its id.
+
+        Written on a branch of its own and merged, never staged on main: a concurrent registration or alias
+        move cannot sweep it into its own commit. A conflicting concurrent move of the same alias makes the
+        merge fail; `change` is then asked again (it re-reads the aliases) on a fresh branch.
+        """
+        for attempt in range(attempts):
+            with lakefs_errors(self._host(), doing):
+                branch = self._repo.branch(f"change-{uuid.uuid4().hex[:16]}").create(source_reference="main")
+            try:
+                writes, message, metadata = change()
+                with lakefs_errors(self._host(), doing):
+                    for path, body in writes.items():
+                        if body is None:
+                            branch.object(path).delete()
+                        else:
+                            branch.object(path).upload(body, content_type="application/json")
+                    commit = branch.commit(message, metadata=metadata).get_commit()
+                try:
+                    self._merge(branch, doing)
+                except MergeConflictError:
+                    if attempt == attempts - 1:
+                        raise
+                    continue
+                return commit.id
+            finally:
+                with lakefs_errors(self._host(), f"removing the branch {branch.id}"):
+                    branch.delete()
+        raise AssertionError("unreachable")
 
     def rollback(self, name: str, actor: str, reason: str = "rollback") -> int:
         """Production goes back to `previous` (and `previous` to what production was)."""

@@ -17,6 +17,12 @@ request and running the model together (measured: ~65 µs of ~115 µs in-process
 ONNX Runtime inline: a small tabular model answers in tens of microseconds, less than a hop to a
 thread pool would cost. Bad requests get 400 and `{"error": "..."}`; nothing a client sends can
 produce a 500.
+
+Bounds (`Limits`): a body above `max_body_bytes` is refused with 413 — from its Content-Length before a
+byte is read, or as soon as what arrives passes the limit —, a body not complete `body_timeout_s`
+after the head answers 408, a client that disconnects mid-body is dropped without an answer, and a
+known path asked with the wrong method answers 405 with `Allow`. The head (request line and headers)
+is bounded by the HTTP protocol itself (`lakeloop._uvicorn`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import orjson
 from lakeloop import __version__
 from lakeloop.errors import LakeloopError
 from lakeloop.serving import _protocol as v2
+from lakeloop.serving._model import LoadedModel
 from lakeloop.serving._server import ModelServer, ServedModel
 
 log = logging.getLogger("lakeloop.serving")
@@ -75,9 +82,11 @@ def _tune_interpreter() -> None:
     sys.setswitchinterval(0.001)
 
 
-def create_app(server: ModelServer):
-    """The ASGI app serving `server`'s models; starts and stops its background work with the app (lifespan)."""
+def create_app(server: ModelServer, grpc_address: str | None = None):
+    """The ASGI app serving `server`'s models; starts and stops its background work with the app (lifespan),
+    and with `grpc_address` (host:port) the same models over gRPC in the same event loop."""
     metrics = server.metrics
+    batcher = server.batcher
 
     def wrong_version(served: ServedModel, version: str | None) -> Answer | None:
         current = served.model.version if served.model else None
@@ -116,27 +125,43 @@ def create_app(server: ModelServer):
             return _error(f"{name} is not loaded yet", 503)
         if version is not None and version != model.version:
             return _error(f"{name} version {version!r} is not loaded (serving {model.version!r})", 404)
+        log_it = headers.get(b"lakeloop-log") != b"skip"  # deploy smoke tests skip the log
         try:
             split = headers.get(b"inference-header-content-length")
-            request = v2.parse(body, split.decode("latin-1") if split else None, model.inputs, server.max_batch)
-            v2.check_outputs(request.outputs, model.outputs)
-        except v2.V2Error as exc:
-            return _error(str(exc), 400)
+            request = v2.parse(body, split.decode("latin-1") if split else None, model.inputs, server.limits)
+            if batcher is not None:
+                return infer_batched(name, model, request, log_it)
+            outputs = server.infer(name, model, request, log_it)
+        except Exception as exc:
+            return failed(name, model, exc)
+        return answered(name, model, request, outputs)
+
+    async def infer_batched(name: str, model: LoadedModel, request: v2.InferRequest, log_it: bool) -> Answer:
         try:
-            outputs = model.run(request.inputs)
-        except Exception as exc:  # not a client error: the inputs passed every check
-            log.exception("%s v%s: inference failed", name, model.version)
-            return _error(f"inference failed: {exc}", 500)
-        if server.inference_log is not None and headers.get(b"lakeloop-log") != b"skip":  # deploy smoke tests skip
-            server.inference_log.record(name, model.version, request.rows, request.inputs, outputs)
-        payload, extra = v2.response(name, model.version, request, outputs)
+            outputs = await server.infer_batched(name, model, request, log_it)
+        except Exception as exc:
+            return failed(name, model, exc)
+        return answered(name, model, request, outputs)
+
+    def answered(name: str, model: LoadedModel, request: v2.InferRequest, outputs: dict) -> Answer:
+        payload, extra = v2.response(name, model.version, request, outputs, model.labels)
         return Answer(200, payload, extra, request.rows)
+
+    def failed(name: str, model: LoadedModel, exc: Exception) -> Answer:
+        """Called while handling `exc`: a client error is a 400; anything else passed every check (a 500)."""
+        if isinstance(exc, v2.V2Error):
+            return _error(str(exc), 400)
+        log.exception("%s v%s: inference failed", name, model.version)
+        return _error(f"inference failed: {exc}", 500)
 
     def render_metrics(headers: dict, body: bytes, version: str | None, served: ServedModel | None) -> Answer:
         logger = server.inference_log
         if logger is not None:
             metrics.gauges.update({"lakeloop_inference_log_written_rows": logger.written_rows,
                                    "lakeloop_inference_log_dropped_rows": logger.dropped_rows})
+        if batcher is not None:  # requests / calls is how much adaptive batching merged
+            metrics.gauges.update({"lakeloop_batcher_requests_total": batcher.requests,
+                                   "lakeloop_batcher_calls_total": batcher.calls})
         return Answer(200, metrics.render().encode(), [(b"content-type", b"text/plain; version=0.0.4")])
 
     def index(headers: dict, body: bytes, version: str | None, served: ServedModel | None) -> Answer:
@@ -170,17 +195,27 @@ def create_app(server: ModelServer):
     def unknown(name: str) -> Answer:
         return _error(f"unknown model {name!r}: this server serves {server.describe()}", 404)
 
+    def not_allowed(method: str, path: str, allowed: list[str]) -> Answer:
+        return Answer(405, v2.error_body(f"{method} is not allowed on {path}: use {' or '.join(allowed)}"),
+                      [(b"content-type", JSON), (b"allow", ", ".join(allowed).encode())])
+
+    def methods_of(table: dict, key: str) -> list[str]:
+        return sorted(m for m, k in table if k == key)
+
     def route(method: str, path: str):
         """(handler, needs_key, version, served model) or an Answer for unknown paths."""
         found = fixed.get((method, path))
         if found is not None:
             return found[0], found[1], None, None
+        allowed = methods_of(fixed, path)
+        if allowed:
+            return not_allowed(method, path, allowed)
         parts = path.split("/")  # "", "v2", "models", NAME, [versions, V,] [ready|infer]
         if len(parts) < 4 or parts[1] != "v2" or parts[2] not in ("models", "repository"):
             return _error(f"no route {method} {path}", 404)
         if parts[2] == "repository":  # /v2/repository/models/NAME/load
-            if len(parts) == 6 and parts[3] == "models" and parts[5] == "load" and method == "POST":
-                return load, True, None, parts[4]
+            if len(parts) == 6 and parts[3] == "models" and parts[5] == "load":
+                return (load, True, None, parts[4]) if method == "POST" else not_allowed(method, path, ["POST"])
             return _error(f"no route {method} {path}", 404)
         served = server.models.get(parts[3])
         if served is None:
@@ -191,26 +226,80 @@ def create_app(server: ModelServer):
             version, rest = rest[1], rest[2:]
         if len(rest) > 1:
             return _error(f"no route {method} {path}", 404)
-        found = per_model.get((method, rest[0] if rest else ""))
+        action = rest[0] if rest else ""
+        found = per_model.get((method, action))
         if found is None:
-            return _error(f"no route {method} {path}", 404 if method in ("GET", "POST") else 405)
+            allowed = methods_of(per_model, action)
+            return not_allowed(method, path, allowed) if allowed else _error(f"no route {method} {path}", 404)
         return found[0], found[1], version, served
 
     async def lifespan(receive: Receive, send: Send) -> None:
+        grpc_server = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
                     await asyncio.to_thread(server.start)
+                    if grpc_address:
+                        from lakeloop.serving import _grpc
+
+                        grpc_server = await _grpc.start(server, grpc_address)
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 _tune_interpreter()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if grpc_server is not None:
+                    await grpc_server.stop(5)
                 await asyncio.to_thread(server.close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    limits = server.limits
+    too_large = _error(f"request body larger than this server's limit of {limits.max_body_bytes:,} bytes "
+                       "(lakeloop serve --max-body-bytes): split the batch", 413)
+
+    async def read_body(headers: dict, receive: Receive) -> bytes | Answer | None:
+        """The whole body; an Answer (413, 408) when it is too large or too slow; None if the client left.
+
+        The time limit is a timer that cancels this task (about a microsecond to arm and disarm), not
+        `asyncio.wait_for` around each message, which costs a task per call on Python 3.11."""
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            return too_large
+        task = asyncio.current_task()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = asyncio.get_running_loop().call_later(limits.body_timeout_s, expire)
+        chunks, size = [], 0
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    return too_large
+                if not message.get("more_body", False):
+                    if not chunks:  # the usual case: the whole body in one message
+                        return chunk
+                    chunks.append(chunk)
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            task.uncancel()
+            return _error(f"request body not complete within {limits.body_timeout_s:g} s", 408)
+        finally:
+            timer.cancel()
 
     async def app(scope: dict, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -220,7 +309,6 @@ def create_app(server: ModelServer):
             return
         started = time.perf_counter()
         routed = route(scope["method"], scope["path"])
-        body = b""
         if isinstance(routed, Answer):
             answer = routed
         else:
@@ -229,14 +317,15 @@ def create_app(server: ModelServer):
             if needs_key and not server.authorized((headers.get(b"authorization") or b"").decode("latin-1")):
                 answer = UNAUTHORIZED
             else:
-                more = True
-                while more:  # the body may arrive in several messages
-                    message = await receive()
-                    body += message.get("body", b"")
-                    more = message.get("more_body", False)
-                answer = handler(headers, body, version, served)
-                if not isinstance(answer, Answer):
-                    answer = await answer
+                body = await read_body(headers, receive)
+                if body is None:  # the client went away: nobody to answer
+                    return
+                if isinstance(body, Answer):
+                    answer = body
+                else:
+                    answer = handler(headers, body, version, served)
+                    if not isinstance(answer, Answer):
+                        answer = await answer
             if handler is infer:
                 metrics.observe(served.name, answer.status, time.perf_counter() - started, answer.rows)
         await send({"type": "http.response.start", "status": answer.status,

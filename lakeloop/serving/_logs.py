@@ -107,6 +107,9 @@ STRING_SLICE = 4096  # strings converted per step (~0.3 ms holding the interpret
 SEGMENT_ROWS = 16_384  # rows per preallocated numeric segment
 
 
+MAX_WIDENED = 64  # a [N, C] output up to this many entries becomes C columns (class probabilities)
+
+
 class _Columns:
     """What one model version served since the last conversion, column by column.
 
@@ -115,20 +118,31 @@ class _Columns:
     the writer converts each column with a few C calls, doing no Python work per request.
     """
 
-    __slots__ = ("at", "dtypes", "filled", "room", "rows", "segments", "size", "sources", "strings")
+    __slots__ = ("at", "dtypes", "filled", "room", "rows", "segments", "size", "sources", "strings", "tensors")
 
     def __init__(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         # (which dict of the request, its key, the column name, the index in a row of several values) in
-        # column order; a [N, C] output (class probabilities) becomes C columns output_<name>_<i>
-        self.sources = [(0, k, k, None) for k in inputs]
-        for k, array in outputs.items():
-            width = int(np.prod(array.shape[1:])) if array.ndim > 1 else 1
-            self.sources += [(1, k, f"output_{k}", None)] if width == 1 else [
-                (1, k, f"output_{k}_{i}", i) for i in range(width)]
+        # column order; a [N, C] output (class probabilities) becomes C columns output_<name>_<i>, and a
+        # tensor of several values per row otherwise (an [N, 32] or [N, 3, 8, 8] input of any ONNX model)
+        # one list column, row by row in row-major order
+        self.sources = []
+        self.tensors: dict[str, list[np.ndarray]] = {}
+        for side, tensors in enumerate((inputs, outputs)):
+            for k, array in tensors.items():
+                column = f"output_{k}" if side else k
+                if array.ndim <= 1 or array.shape[1:] == (1,):
+                    self.sources.append((side, k, column, None))
+                elif side and array.ndim == 2 and array.shape[1] <= MAX_WIDENED:
+                    self.sources += [(side, k, f"{column}_{i}", i) for i in range(array.shape[1])]
+                else:
+                    self.sources.append((side, k, column, None))
+                    self.tensors[column] = []
         self.dtypes: dict[str, np.dtype] = {}
         self.strings: dict[str, list[str]] = {}
         for side, key, column, _ in self.sources:
             array = (inputs, outputs)[side][key]
+            if column in self.tensors:
+                continue
             if array.dtype == object:
                 self.strings[column] = []
             else:
@@ -148,10 +162,16 @@ class _Columns:
         segment, start = self.segments[-1], self.filled[-1]
         end = start + rows
         sides = (inputs, outputs)
+        tensors = self.tensors
         for side, key, column, index in self.sources:
             array = sides[side][key]
             if index is not None:
                 array = array.reshape(rows, -1)[:, index]
+            elif tensors and column in tensors:  # a copy: a binary request's arrays are views of its body
+                tensors[column].append(array.reshape(rows, -1).copy())
+                continue
+            elif array.size != rows:
+                raise ValueError(f"{key!r} has {array.size} values for {rows} rows (a free dimension changed size)")
             buffer = segment.get(column)
             if buffer is None:
                 if rows == 1:
@@ -172,6 +192,9 @@ class _Columns:
         """One row per scored row: the raw inputs, `output_<name>`, served_at, model_name, model_version."""
         columns: dict[str, pa.ChunkedArray] = {}
         for _, _, column, _ in self.sources:
+            if column in self.tensors:
+                columns[column] = pa.chunked_array([_lists(self.tensors[column])])
+                continue
             if column in self.dtypes:
                 parts = [pa.array(segment[column][:filled]) for segment, filled in zip(self.segments, self.filled,
                                                                                           strict=True)]
@@ -188,6 +211,15 @@ class _Columns:
         columns["model_name"] = pa.chunked_array([pa.DictionaryArray.from_arrays(zeros, [model])])
         columns["model_version"] = pa.chunked_array([pa.DictionaryArray.from_arrays(zeros, [version])])
         return pa.table(columns)
+
+
+def _lists(chunks: list[np.ndarray]) -> pa.ListArray:
+    """[rows, width] arrays (width may differ between requests) as one list column, a list per row."""
+    flat = np.concatenate([c.ravel() for c in chunks])
+    widths = np.concatenate([np.full(c.shape[0], c.shape[1], np.int64) for c in chunks])
+    offsets = np.concatenate([[0], np.cumsum(widths)])
+    values = pa.array(flat, pa.string()) if flat.dtype == object else pa.array(flat)
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values)
 
 
 class InferenceLogger:
@@ -261,7 +293,7 @@ class InferenceLogger:
             written = 0
             for key in list(self._converted):
                 parts = self._converted[key]
-                table = pa.concat_tables([t for t, _ in parts])
+                table = pa.concat_tables([t for t, _ in parts], promote_options="permissive")
                 buffer = io.BytesIO()
                 pq.write_table(table, buffer, compression="zstd")
                 try:
@@ -284,12 +316,15 @@ class InferenceLogger:
         next_write = time.monotonic() + self.interval
         while not self._stop.is_set():
             self._flush_now.wait(self.convert_every)
-            with self._write:
-                self._convert()
-            if self._flush_now.is_set() or time.monotonic() >= next_write or self._converted_rows >= self.max_rows:
-                self._flush_now.clear()
-                self.flush()
-                next_write = time.monotonic() + self.interval
+            try:  # the writer must outlive any one bad batch, or logging would stop for good
+                with self._write:
+                    self._convert()
+                if self._flush_now.is_set() or time.monotonic() >= next_write or self._converted_rows >= self.max_rows:
+                    self._flush_now.clear()
+                    self.flush()
+                    next_write = time.monotonic() + self.interval
+            except Exception:
+                log.exception("inference logs: the writer failed on a batch and goes on")
 
     def close(self) -> None:
         """Stop the thread and write what is left."""

@@ -10,10 +10,14 @@ from pathlib import Path
 import uvicorn
 from pydantic import BaseModel, Field, SecretStr
 
+from lakeloop._uvicorn import HEADER_TIMEOUT_S, MAX_HEADER_BYTES
+from lakeloop._uvicorn import options as bounded
 from lakeloop.errors import ConfigError
-from lakeloop.secrets import LAKEFS_PATH, SERVING_PATH, VaultClient, VaultSettings
+from lakeloop.secrets import LAKEFS_PATH, VaultClient, VaultSettings, serving_keys
+from lakeloop.serving._batching import Batching
 from lakeloop.serving._logs import DirectorySink, InferenceLogger, LakeFSSink
 from lakeloop.serving._model import Tuning
+from lakeloop.serving._protocol import Limits
 from lakeloop.serving._server import ModelServer
 from lakeloop.serving._sources import FileSource, ModelSource, RegistrySource
 
@@ -33,10 +37,21 @@ class ServeSettings(BaseModel):
     registry: str = "lakeloop-models"
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535, description="Also serve V2 over gRPC on this port.")
     workers: int = Field(0, ge=0, description="Worker processes (0: one per CPU this process may use).")
     cpus: list[int] | None = Field(None, description="Pin the server to these CPUs.")
-    max_batch: int = Field(1024, ge=1)
+    max_batch: int = Field(1024, ge=1, description="Most rows (the batch dimension) one request may carry.")
+    max_string_bytes: int = Field(65_536, ge=1, description="Most bytes of one BYTES element.")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body (413 above it).")
+    body_timeout: float = Field(30.0, gt=0, description="Seconds a client has to send a body (408 after them).")
+    max_header_bytes: int = Field(MAX_HEADER_BYTES, ge=1024, description="Largest request line plus headers (431).")
+    header_timeout: float = Field(HEADER_TIMEOUT_S, gt=0, description="Seconds a client has to send a request's "
+                                                                      "head (408 after them).")
     poll_seconds: float = Field(5.0, gt=0, description="How often the alias and API keys are re-read.")
+    batch_delay_us: int | None = Field(0, ge=0, description="Merge concurrent requests into one ONNX Runtime "
+                                       "call, waiting at most this long for others (0: only those that arrived "
+                                       "together, never waiting; None: no batching).")
+    preferred_batch: int = Field(64, ge=1, description="Rows at which a merged batch runs at once.")
     tuning: Tuning = Tuning()
     api_keys: list[SecretStr] = Field([], description="Keys from --api-key / LAKELOOP_API_KEYS (no Vault).")
     vault: VaultSettings | None = None
@@ -100,7 +115,7 @@ def build(settings: ServeSettings) -> ModelServer:
     keys = None
     if vault is not None:
         def keys() -> frozenset[str]:
-            return frozenset(k.strip() for k in vault.read_key(SERVING_PATH, "api_keys").split(",") if k.strip())
+            return frozenset(serving_keys(vault))
     elif settings.api_keys:
         fixed = frozenset(k.get_secret_value() for k in settings.api_keys)
 
@@ -113,8 +128,11 @@ def build(settings: ServeSettings) -> ModelServer:
                 else DirectorySink(Path(settings.log_dir)) if settings.log_dir else None)
         if sink is not None:
             inference_log = InferenceLogger(sink, interval=settings.log_interval)
-    return ModelServer(sources, settings.tuning, settings.max_batch, keys, inference_log, settings.poll_seconds,
-                       discover=discover, source_of=source_of)
+    limits = Limits(settings.max_batch, settings.max_string_bytes, settings.max_body_bytes, settings.body_timeout)
+    batching = (Batching(settings.batch_delay_us, settings.preferred_batch, settings.max_batch)
+                if settings.batch_delay_us is not None else None)
+    return ModelServer(sources, settings.tuning, limits, keys, inference_log, settings.poll_seconds,
+                       discover=discover, source_of=source_of, batching=batching)
 
 
 def app_from_environment():
@@ -122,7 +140,11 @@ def app_from_environment():
     from lakeloop.serving._app import create_app
 
     settings = ServeSettings.model_validate_json(os.environ[SETTINGS_ENV])
-    return create_app(build(settings))
+    return create_app(build(settings), grpc_address(settings))
+
+
+def grpc_address(settings: ServeSettings) -> str | None:
+    return f"{settings.host}:{settings.grpc_port}" if settings.grpc_port is not None else None
 
 
 def describe(settings: ServeSettings) -> list[str]:
@@ -139,7 +161,9 @@ def describe(settings: ServeSettings) -> list[str]:
             "NONE: anyone who can reach the port can use it (give --api-key or Vault)")
     logs = (f"lakefs://{settings.log_repository}/{settings.log_branch}" if settings.lakefs_endpoint else
             settings.log_dir or "off (no lakeFS and no --log-dir)") if settings.inference_logs else "off"
-    return [f"model    {source}", f"auth     {auth}", f"logs     {logs}"]
+    batching = (f"merged, up to {settings.batch_delay_us} µs wait, {settings.preferred_batch} rows"
+                if settings.batch_delay_us is not None else "off (one ONNX Runtime call per request)")
+    return [f"model    {source}", f"auth     {auth}", f"logs     {logs}", f"batching {batching}"]
 
 
 def workers_for(settings: ServeSettings) -> int:
@@ -160,12 +184,13 @@ def run(settings: ServeSettings) -> None:
         log.warning("serving WITHOUT authentication: give --api-key, LAKELOOP_API_KEYS or Vault (VAULT_ADDR)")
     workers = workers_for(settings)
     common = {"host": settings.host, "port": settings.port, "access_log": False, "log_level": "info",
-              "timeout_keep_alive": 30, "timeout_graceful_shutdown": 10, "server_header": False}
+              "timeout_keep_alive": 30, "timeout_graceful_shutdown": 10, "server_header": False,
+              **bounded(settings.max_header_bytes, settings.header_timeout)}
     if workers == 1:
         from lakeloop.serving._app import create_app
 
         server = build(settings)
-        uvicorn.run(create_app(server), **common)
+        uvicorn.run(create_app(server, grpc_address(settings)), **common)
         return
     build(settings)  # fail fast in the parent on bad settings, before starting workers
     os.environ[SETTINGS_ENV] = _settings_json(settings)

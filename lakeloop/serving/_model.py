@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -14,10 +15,13 @@ import onnxruntime as ort
 from pydantic import BaseModel, Field
 
 from lakeloop.errors import ServingError
+from lakeloop.packing import INPUTS_KEY, pack, packing_of
 from lakeloop.serving._protocol import NUMPY_OF, InputSpec
 
-V2_OF_ONNX = {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(string)": "BYTES",
-              "tensor(double)": "FP64", "tensor(int32)": "INT32", "tensor(bool)": "BOOL"}
+V2_OF_ONNX = {"tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+              "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8", "tensor(int16)": "INT16",
+              "tensor(int32)": "INT32", "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(float)": "FP32",
+              "tensor(double)": "FP64", "tensor(string)": "BYTES"}
 LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
@@ -42,17 +46,26 @@ class LoadedModel:
     version: str
     path: Path
     session: ort.InferenceSession
-    inputs: dict[str, InputSpec]
+    inputs: dict[str, InputSpec]  # the V2 inputs: one per feature column of a lakeloop model
     outputs: list[str]
     sha256: str
+    packing: dict[str, list[str]] = field(default_factory=dict)  # graph input -> the V2 inputs it packs
     loaded_at: float = field(default_factory=time.time)
+    labels: dict[str, list[str]] = field(default_factory=dict)  # output -> names of its entries (class names)
+
+    @functools.cached_property
+    def batchable(self) -> bool:
+        """Whether requests can be merged into one call exactly: every input and output has a free first
+        (batch) dimension."""
+        return (all(spec.shape and spec.shape[0] == -1 for spec in self.inputs.values())
+                and all(o.shape and not isinstance(o.shape[0], int) for o in self.session.get_outputs()))
 
     def metadata(self) -> dict:
-        """`GET /v2/models/{name}`."""
+        """`GET /v2/models/{name}`: every tensor with its datatype and shape (-1: a free dimension)."""
         return {"name": self.name, "versions": [self.version], "platform": "onnxruntime_onnx",
-                "inputs": [{"name": s.name, "datatype": s.datatype, "shape": [-1, 1]} for s in self.inputs.values()],
-                "outputs": [{"name": o.name, "datatype": V2_OF_ONNX.get(o.type, o.type),
-                             "shape": [d if isinstance(d, int) else -1 for d in o.shape]}
+                "inputs": [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+                           for s in self.inputs.values()],
+                "outputs": [{"name": o.name, "datatype": V2_OF_ONNX.get(o.type, o.type), "shape": _dims(o.shape)}
                             for o in self.session.get_outputs()],
                 "parameters": self.parameters()}
 
@@ -66,16 +79,20 @@ class LoadedModel:
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         names = outputs or self.outputs
-        return dict(zip(names, self.session.run(names, feeds), strict=True))
+        return dict(zip(names, self.session.run(names, pack(feeds, self.packing)), strict=True))
 
     def smoke(self) -> None:
-        """One inference on a neutral row (zeros, empty strings) must give finite outputs.
+        """One inference on a neutral input (zeros, false, empty strings; every free dimension 1, fixed ones
+        as declared) must give finite outputs.
 
         Raises:
             ServingError: the model fails or answers NaN/inf: it must not serve.
         """
-        feeds = {s.name: (np.array([[""]], dtype=object) if s.datatype == "BYTES"
-                          else np.zeros((1, 1), dtype=NUMPY_OF[s.datatype])) for s in self.inputs.values()}
+        feeds = {}
+        for s in self.inputs.values():
+            shape = tuple(1 if d == -1 else d for d in s.shape)
+            feeds[s.name] = (np.full(shape, "", dtype=object) if s.datatype == "BYTES"
+                             else np.zeros(shape, dtype=NUMPY_OF[s.datatype]))
         try:
             result = self.run(feeds)
         except Exception as exc:  # ORT raises its own exception types
@@ -120,10 +137,35 @@ def load(path: Path, name: str, version: str, tuning: Tuning | None = None) -> L
     if partial is not None and partial.exists():
         os.replace(partial, cached)
     inputs = {}
-    nullable = set(json.loads(session.get_modelmeta().custom_metadata_map.get("lakeloop.nullable", "[]")))
+    meta = session.get_modelmeta().custom_metadata_map
+    nullable = set(json.loads(meta.get("lakeloop.nullable", "[]")))
+    try:
+        packing = packing_of(meta)
+    except (ValueError, AttributeError) as exc:
+        raise ServingError(f"{path}: its {INPUTS_KEY} metadata is not a JSON object of column lists: {exc}") from exc
+    graph_inputs = {node.name for node in session.get_inputs()}
+    if set(packing) - graph_inputs:
+        raise ServingError(f"{path}: its {INPUTS_KEY} metadata packs {sorted(set(packing) - graph_inputs)}, which "
+                           f"are not inputs of the graph ({sorted(graph_inputs)})")
     for node in session.get_inputs():
         datatype = V2_OF_ONNX.get(node.type)
         if datatype is None:
             raise ServingError(f"{path}: input {node.name!r} has type {node.type}, which V2 cannot carry")
-        inputs[node.name] = InputSpec(node.name, datatype, node.name in nullable)
-    return LoadedModel(name, version, path, session, inputs, [o.name for o in session.get_outputs()], sha)
+        if node.name in packing:  # a packed input is offered column by column, [N, 1] each
+            for column in packing[node.name]:
+                inputs[column] = InputSpec(column, datatype, (-1, 1), column in nullable)
+        else:
+            inputs[node.name] = InputSpec(node.name, datatype, _dims(node.shape), node.name in nullable)
+    for node in session.get_outputs():
+        if node.type not in V2_OF_ONNX:
+            raise ServingError(f"{path}: output {node.name!r} has type {node.type}, which V2 cannot carry")
+    labels = {}
+    if meta.get("lakeloop.task") == "multiclass" and "lakeloop.classes" in meta:
+        labels["probabilities"] = [str(c) for c in json.loads(meta["lakeloop.classes"])]
+    return LoadedModel(name, version, path, session, inputs, [o.name for o in session.get_outputs()], sha, packing,
+                       labels=labels)
+
+
+def _dims(shape: list) -> tuple[int, ...]:
+    """ONNX Runtime's declared shape in V2's terms: a fixed size, or -1 for a named or unknown dimension."""
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)

@@ -1,28 +1,49 @@
 """Open Inference Protocol v2 (REST) requests and responses, JSON and binary tensor data.
 
-A request names one V2 input per raw feature column (FP32/INT64 numbers, BYTES strings). Inputs
-are parsed straight into numpy arrays: no per-element Python validation, one vectorised check for
-NaN/inf. Anything wrong raises `V2Error`, which the app answers with 400 and `{"error": "..."}`.
+Any ONNX model: each input has the datatype and the shape the model declares (`-1` for a free
+dimension; a lakeloop model's feature columns are `[-1, 1]`, and `[N]` is taken for them too).
+Inputs are parsed straight into numpy arrays, with one C-level pass to check the JSON value types
+(a number where a string belongs, `true` or `"129.5"` in an FP32 tensor is a 400, never coerced) and
+one vectorised check for NaN/inf. Anything wrong raises `V2Error`, which the app answers with 400
+and `{"error": "..."}` naming the input, what it got and what the model expects.
 
 Binary tensor data extension: the `Inference-Header-Content-Length` header gives the size of the
 JSON header at the start of the body; the raw tensors follow it, in input order, for the inputs
 whose `parameters.binary_data_size` is set. BYTES elements are a 4-byte little-endian length and
-the bytes. Outputs come back binary when the request asks for it (`binary_data_output`, or
-`binary_data` on a requested output), as `tritonclient` does by default.
+the bytes. Each output comes back binary when its own `parameters.binary_data` says so, else when
+the request's `parameters.binary_data_output` does (`tritonclient` asks for binary by default).
+The classification extension (`parameters.classification: K` on an output) answers the top K
+entries of each row as BYTES `"value:index[:label]"`. Shared-memory parameters are refused (this
+server has no shared memory); other request parameters (priority, timeout, sequence ids) are
+accepted and have no effect.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import orjson
 
-NUMPY_OF = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32, "BOOL": np.bool_}
-DATATYPE_OF = {np.dtype(v): k for k, v in NUMPY_OF.items()}
+NUMPY_OF = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+            "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+            "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+DATATYPE_OF = {np.dtype(v): k for k, v in NUMPY_OF.items()} | {np.dtype(object): "BYTES"}
+FLOATS = frozenset({"FP16", "FP32", "FP64"})
+# Binary tensors are little-endian (the protocol's rule): read in place on a little-endian machine.
+WIRE_DTYPE = {k: np.dtype(v).newbyteorder("<") for k, v in NUMPY_OF.items() if k != "BYTES"}
+NATIVE_IS_WIRE = sys.byteorder == "little"
+# The Python types a JSON value of each datatype may have (orjson gives int, float, bool, str, None, list)
+JSON_TYPES = {**{d: frozenset({int}) for d in NUMPY_OF if d[0] in "IU"}, "BOOL": frozenset({bool}),
+              **{d: frozenset({int, float}) for d in FLOATS}}
+WHAT = {**{d: "integers" for d in NUMPY_OF if d[0] in "IU"}, "BOOL": "true/false",
+        **{d: "numbers" for d in FLOATS}, "BYTES": "strings"}
 HEADER = "inference-header-content-length"
+SHARED_MEMORY = frozenset({"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"})
 
 
 class V2Error(ValueError):
@@ -31,30 +52,60 @@ class V2Error(ValueError):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One input the model declares: name and V2 datatype (shape is [N, 1] or [N]), and whether the model
-    takes missing values in it (NaN or JSON null for numbers, null for strings: a lakeloop model says so in
-    its `lakeloop.nullable` metadata; any other model's inputs must be finite)."""
+    """One input the model declares: name, V2 datatype, shape (-1 for a free dimension) and whether the
+    model takes missing values in it (NaN or JSON null for numbers, null for strings: a lakeloop model says
+    so in its `lakeloop.nullable` metadata; any other model's inputs must be finite)."""
 
     name: str
     datatype: str
+    shape: tuple[int, ...] = (-1, 1)
     nullable: bool = False
+
+    @property
+    def column(self) -> bool:
+        """One value per row (`[-1, 1]`): a client may send it as `[N]` too."""
+        return self.shape == (-1, 1)
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    name: str
+    binary: bool
+    classification: int = 0  # top K entries per row as "value:index[:label]" (0: the tensor itself)
 
 
 @dataclass
 class InferRequest:
     id: str | None
-    inputs: dict[str, np.ndarray]  # name -> [N, 1] array ready for ONNX Runtime
+    inputs: dict[str, np.ndarray]  # name -> array of the shape the client sent, ready for ONNX Runtime
     rows: int
-    outputs: list[str] | None  # None: every output
+    outputs: list[OutputRequest] | None  # None: every output, binary when `binary_outputs`
     binary_outputs: bool
+    parameters: dict = field(default_factory=dict)
 
 
-def parse(body: bytes, header_length: str | None, specs: dict[str, InputSpec], max_batch: int) -> InferRequest:
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold and take: rows (the batch dimension), bytes per string element, bytes of
+    body (413 above it), and seconds to send the body once the head is in (408 after them)."""
+
+    max_batch: int = 1024
+    max_string_bytes: int = 65_536
+    max_body_bytes: int = 64 * 1024 * 1024
+    body_timeout_s: float = 30.0
+
+
+def shape_text(shape: tuple[int, ...] | list[int]) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def parse(body: bytes, header_length: str | None, specs: dict[str, InputSpec], limits: Limits) -> InferRequest:
     """Parse and check a V2 infer request against the model's inputs.
 
     Raises:
-        V2Error: malformed JSON, unknown/missing/duplicate input, wrong datatype or shape, a data
-            length that does not match the shape, NaN/inf, or a batch above `max_batch`.
+        V2Error: malformed JSON, unknown/missing/duplicate input, wrong datatype, rank or shape, a data
+            length that does not match the shape, values of the wrong JSON type, NaN/inf, a string
+            above the element limit, or a batch above the row limit.
     """
     if header_length is not None:
         try:
@@ -70,192 +121,300 @@ def parse(body: bytes, header_length: str | None, specs: dict[str, InputSpec], m
         request = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         raise V2Error(f"malformed JSON in the request body: {exc}") from None
-    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
+    if type(request) is not dict or type(request.get("inputs")) is not list or not request["inputs"]:
         raise V2Error("the request must be a JSON object with a non-empty 'inputs' list")
     arrays: dict[str, np.ndarray] = {}
-    fp32_json: dict[str, list] = {}  # converted together below: one numpy call instead of one per input
+    columns_json: dict[str, list] = {}  # FP32 columns sent as JSON: converted together, one numpy call
     offset, rows, first = 0, None, None
     for tensor in request["inputs"]:
-        name, length, value, offset = _input(tensor, specs, binary, offset)
-        if name in arrays or name in fp32_json:
+        name, length, value, offset = _input(tensor, specs, binary, offset, limits)
+        if name in arrays or name in columns_json:
             raise V2Error(f"input {name!r} appears twice")
-        if rows is None:
-            rows, first = length, name
-        elif length != rows:
-            raise V2Error(f"input {name!r} has {length} rows but {first!r} has {rows}: "
-                          "every input needs the same batch size")
+        if length is not None:  # an input whose first dimension is the batch
+            if rows is None:
+                rows, first = length, name
+            elif length != rows:
+                raise V2Error(f"input {name!r} has {length} rows but {first!r} has {rows}: "
+                              "every input needs the same batch size")
         if type(value) is list:
-            fp32_json[name] = value
+            columns_json[name] = value
         else:
             arrays[name] = value
-    if fp32_json:
-        arrays.update(_fp32_columns(fp32_json, rows, specs))
+    rows = rows or 1  # no input with a free batch dimension: one fixed-shape sample
+    if columns_json:
+        arrays.update(_fp32_columns(columns_json, rows, specs))
     if offset != len(binary):
         raise V2Error(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
-    missing = [n for n in specs if n not in arrays]
-    if missing:
-        raise V2Error(f"missing input(s) {', '.join(map(repr, missing))}: the model needs "
-                      f"{', '.join(specs)}")
-    arrays = {n: arrays[n] for n in specs}  # the model's order, whatever order the client used
-    if rows > max_batch:
-        raise V2Error(f"batch of {rows} rows is above this server's limit of {max_batch}: split the request")
-    parameters = request.get("parameters") or {}
-    outputs, binary_out = None, bool(parameters.get("binary_data_output", False))
-    if isinstance(request.get("outputs"), list):
-        outputs = [o.get("name") for o in request["outputs"] if isinstance(o, dict)]
-        binary_out = binary_out or any((o.get("parameters") or {}).get("binary_data") for o in request["outputs"]
-                                       if isinstance(o, dict))
+    arrays = check_inputs(arrays, specs, rows, limits)
+    parameters = request.get("parameters")
+    parameters = parameters if type(parameters) is dict else {}
+    binary_out = parameters.get("binary_data_output", False) is True
+    outputs = None
+    if "outputs" in request:
+        outputs = _outputs(request["outputs"], binary_out)
     request_id = request.get("id")
-    return InferRequest(str(request_id) if request_id is not None else None, arrays, rows, outputs, binary_out)
+    return InferRequest(str(request_id) if request_id is not None else None, arrays, rows, outputs, binary_out,
+                        parameters)
 
 
-def _input(tensor: object, specs: dict[str, InputSpec], binary: memoryview, offset: int
-           ) -> tuple[str, int, np.ndarray | list, int]:
-    """(name, rows, [rows, 1] array — or the raw list of an FP32 JSON input, converted later —, offset)."""
+def _outputs(requested: object, binary_default: bool) -> list[OutputRequest]:
+    if type(requested) is not list:
+        raise V2Error("'outputs' must be a list of objects with a 'name'")
+    found = []
+    for item in requested:
+        name = item.get("name") if type(item) is dict else None
+        if type(name) is not str:
+            raise V2Error("each requested output must be an object with a 'name'")
+        parameters = item.get("parameters")
+        parameters = parameters if type(parameters) is dict else {}
+        if not SHARED_MEMORY.isdisjoint(parameters):
+            raise V2Error(f"output {name!r} asks for shared memory, which this server does not offer: "
+                          "leave out the shared_memory_* parameters")
+        binary = parameters.get("binary_data", binary_default)
+        count = parameters.get("classification", 0)
+        if type(binary) is not bool or type(count) is not int or count < 0:
+            raise V2Error(f"output {name!r}: 'binary_data' must be true/false and 'classification' an integer >= 0")
+        found.append(OutputRequest(name, binary, count))
+    return found
+
+
+def _input(tensor: object, specs: dict[str, InputSpec], binary: memoryview, offset: int, limits: Limits
+           ) -> tuple[str, int | None, np.ndarray | list, int]:
+    """(name, batch size or None for an input without a free first dimension, the array — or the raw
+    list of an FP32 JSON column, converted later —, offset in the binary data)."""
     # The hot path of every request: plain type checks, no generator expressions.
     name = tensor.get("name") if type(tensor) is dict else None
     if type(name) is not str:
         raise V2Error("each input must be an object with a 'name'")
-    spec = specs.get(name)
-    if spec is None:
-        raise V2Error(f"unknown input {name!r}: the model's inputs are {', '.join(specs)}")
     datatype = tensor.get("datatype")
-    if datatype != spec.datatype:
-        raise V2Error(f"input {name!r} has datatype {datatype!r}: expected {spec.datatype!r}")
-    shape = tensor.get("shape")
-    rows = shape[0] if type(shape) is list and shape else None
-    if (type(rows) is not int or rows < 1 or len(shape) > 2
-            or (len(shape) == 2 and (type(shape[1]) is not int or shape[1] != 1))):
-        raise V2Error(f"input {name!r} has shape {shape!r}: expected [N, 1] or [N] with N >= 1")
+    spec = input_spec(name, datatype, specs)
+    shape = shape_of(name, tensor.get("shape"), spec)
+    count = math.prod(shape)
+    batch = shape[0] if spec.shape and spec.shape[0] == -1 else None
     parameters = tensor.get("parameters")
-    size = parameters.get("binary_data_size") if type(parameters) is dict else None
+    size = None
+    if type(parameters) is dict:
+        if not SHARED_MEMORY.isdisjoint(parameters):
+            raise V2Error(f"input {name!r} is in shared memory, which this server does not offer: send its data "
+                          "in the request")
+        size = parameters.get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0 or offset + size > len(binary):
             raise V2Error(f"input {name!r} claims {size!r} bytes of binary data but only "
                           f"{len(binary) - offset} are left in the body")
-        array = _from_binary(name, spec.datatype, binary[offset:offset + size], rows, spec.nullable)
+        array = from_binary(name, spec, binary[offset:offset + size], count, limits)
         offset += size
     elif "data" in tensor:
         data = tensor["data"]
-        if datatype == "FP32" and type(data) is list:
-            return name, rows, data, offset
-        array = _from_json(name, spec.datatype, data, rows, spec.nullable)
+        if datatype == "FP32" and spec.column and type(data) is list:
+            return name, batch, data, offset
+        array = _from_json(name, spec, data, count, limits)
     else:
         raise V2Error(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
-    return name, rows, array.reshape(rows, 1), offset
+    return name, batch, array.reshape(shape), offset
+
+
+def input_spec(name: str, datatype: object, specs: dict[str, InputSpec]) -> InputSpec:
+    """The model's declaration of input `name`, checked against the datatype the client sent."""
+    spec = specs.get(name)
+    if spec is None:
+        raise V2Error(f"unknown input {name!r}: the model's inputs are {', '.join(specs)}")
+    if datatype != spec.datatype:
+        raise V2Error(f"input {name!r} has datatype {datatype!r}: expected {spec.datatype!r}")
+    return spec
+
+
+def check_inputs(arrays: dict[str, np.ndarray], specs: dict[str, InputSpec], rows: int, limits: Limits
+                 ) -> dict[str, np.ndarray]:
+    """Every declared input present (in the model's order) and the batch within the limit."""
+    missing = [n for n in specs if n not in arrays]
+    if missing:
+        raise V2Error(f"missing input(s) {', '.join(map(repr, missing))}: the model needs "
+                      f"{', '.join(specs)}")
+    if rows > limits.max_batch:
+        raise V2Error(f"batch of {rows} rows is above this server's limit of {limits.max_batch}: split the request")
+    return {n: arrays[n] for n in specs}  # the model's order, whatever order the client used
+
+
+def batch_of(name: str, shape: tuple[int, ...], spec: InputSpec, rows: int | None, first: str | None
+             ) -> tuple[int | None, str | None]:
+    """Track the batch size across inputs: (rows, the input that set it); inputs with a free first
+    dimension must agree."""
+    if not spec.shape or spec.shape[0] != -1:
+        return rows, first
+    if rows is None:
+        return shape[0], name
+    if shape[0] != rows:
+        raise V2Error(f"input {name!r} has {shape[0]} rows but {first!r} has {rows}: "
+                      "every input needs the same batch size")
+    return rows, first
+
+
+def shape_of(name: str, shape: object, spec: InputSpec) -> tuple[int, ...]:
+    """The client's shape, checked against the declared one ([N] stands for [N, 1] for a column)."""
+    if spec.column and type(shape) is list and len(shape) == 2:  # the hot path: an [N, 1] column
+        rows, width = shape
+        if type(rows) is int and rows >= 1 and type(width) is int and width == 1:
+            return rows, 1
+    if type(shape) is not list or not all(type(d) is int and d >= 1 for d in shape):
+        raise V2Error(f"input {name!r} has shape {shape!r}: expected a list of positive integers like "
+                      f"{shape_text(spec.shape)} (-1: any size)")
+    declared = spec.shape
+    if len(shape) == 1 and spec.column:
+        return shape[0], 1
+    if len(shape) != len(declared) or any(want != -1 and got != want for got, want in zip(shape, declared,
+                                                                                          strict=True)):
+        raise V2Error(f"input {name!r} has shape {shape_text(shape)}: the model expects {shape_text(declared)} "
+                      f"({'or [N], ' if spec.column else ''}rank {len(declared)}; -1: any size)")
+    return tuple(shape)
 
 
 def _fp32_columns(columns: dict[str, list], rows: int, specs: dict[str, InputSpec]) -> dict[str, np.ndarray]:
-    """All FP32 JSON inputs as one [k, rows] block (views of it per input); on any problem, convert
-    input by input so the error names the input at fault."""
-    try:
-        block = np.array(list(columns.values()), dtype=np.float32)
-        ok = block.size == rows * len(columns) and math.isfinite(np.add.reduce(block, axis=None, dtype=np.float64))
-    except (ValueError, TypeError):
-        ok = False
-    if not ok:
-        return {name: _from_json(name, "FP32", data, rows, specs[name].nullable).reshape(rows, 1)
+    """All FP32 JSON columns as one [k, rows] block (views of it per input) when they are flat lists of
+    numbers; otherwise input by input, so the error names the input at fault."""
+    block = None
+    if set(map(type, chain.from_iterable(columns.values()))) <= JSON_TYPES["FP32"]:
+        try:
+            block = np.array(list(columns.values()), dtype=np.float32)
+        except (ValueError, TypeError, OverflowError):
+            block = None
+        if block is not None and not (block.size == rows * len(columns) and block.ndim == 2
+                                      and math.isfinite(np.add.reduce(block, axis=None, dtype=np.float64))):
+            block = None
+    if block is None:
+        return {name: _from_json(name, specs[name], data, rows, Limits()).reshape(rows, 1)
                 for name, data in columns.items()}
-    block = block.reshape(len(columns), rows)
     return {name: block[i].reshape(rows, 1) for i, name in enumerate(columns)}
 
 
-def _check_finite(name: str, array: np.ndarray, nullable: bool = False) -> None:
+def check_finite(name: str, array: np.ndarray, nullable: bool = False) -> None:
     # One float64 reduction instead of isfinite().all(): the sum of float32 values cannot overflow
     # float64, so it is finite exactly when every value is (NaN and ±inf propagate).
-    if math.isfinite(np.add.reduce(array, dtype=np.float64)):
+    if array.size == 1:  # a single value: cheaper as a Python float than as a reduction
+        if math.isfinite(array.item(0)):
+            return
+    elif math.isfinite(np.add.reduce(array, axis=None, dtype=np.float64)):
         return
     if not nullable:
-        raise V2Error(f"input {name!r} contains NaN or infinity (this model takes no missing values in it)")
+        raise V2Error(f"input {name!r} contains NaN or infinity, or a number too large for its datatype (this "
+                      "model takes no missing values in it)")
     if np.isinf(array).any():  # NaN is a missing value the model handles; infinity is never a value
         raise V2Error(f"input {name!r} contains infinity")
 
 
-def _from_json(name: str, datatype: str, data: object, rows: int, nullable: bool = False) -> np.ndarray:
-    if not isinstance(data, list):
+def _flat(data: list) -> list:
+    """JSON tensor data as one flat list: row-major nested lists ([[a], [b]], [[[...]]]) or already flat."""
+    while data and type(data[0]) is list:
+        data = list(chain.from_iterable(data))
+    return data
+
+
+def _type_names(values: list) -> str:
+    return ", ".join(sorted({"null" if v is None else type(v).__name__ for v in values}))
+
+
+def _from_json(name: str, spec: InputSpec, data: object, count: int, limits: Limits) -> np.ndarray:
+    if type(data) is not list:
         raise V2Error(f"input {name!r}: 'data' must be a list")
+    datatype, nullable = spec.datatype, spec.nullable
+    flat = _flat(data)
+    if len(flat) != count:
+        raise V2Error(f"input {name!r} has {len(flat)} values for its shape ({count} expected)")
+    types = set(map(type, flat))
     if datatype == "BYTES":
-        flat = _flat(data)
-        if len(flat) != rows:
-            raise V2Error(f"input {name!r} has {len(flat)} values for shape [{rows}, 1]")
-        if nullable:  # null is a missing category: the model's "" (its missing bucket)
+        if nullable and type(None) in types:  # null is a missing category: the model's "" (its missing bucket)
             flat = ["" if v is None else v for v in flat]
-        if not all(isinstance(v, str) for v in flat):
-            raise V2Error(f"input {name!r} (BYTES) must hold strings" + ("" if nullable else
-                                                                         " (this model takes no nulls in it)"))
+            types.discard(type(None))
+        if not types <= {str}:
+            wrong = _type_names([v for v in flat if type(v) is not str])
+            raise V2Error(f"input {name!r} (BYTES) must hold strings, not {wrong}"
+                          + ("" if nullable else " (this model takes no nulls in it)"))
+        check_lengths(name, flat, limits, encoded=False)
         return np.array(flat, dtype=object)
+    allowed = JSON_TYPES[datatype]
+    if nullable and datatype in FLOATS and type(None) in types:  # null is a missing number: NaN
+        flat = [math.nan if v is None else v for v in flat]
+        types.discard(type(None))
+    if not types <= allowed:
+        wrong = [v for v in flat if type(v) not in allowed]
+        raise V2Error(f"input {name!r} ({datatype}) must hold {WHAT[datatype]}, not {_type_names(wrong)} "
+                      f"(e.g. {orjson.dumps(wrong[0]).decode()[:40]})")
     try:
-        array = np.asarray(data, dtype=NUMPY_OF[datatype])
-    except (ValueError, TypeError):
-        array = _with_nulls(name, datatype, data) if nullable else None
-        if array is None:
-            raise V2Error(f"input {name!r} ({datatype}) holds values that are not numbers of that type, "
-                          "or rows of different lengths") from None
-    if array.size != rows:
-        raise V2Error(f"input {name!r} has {array.size} values for shape [{rows}, 1]")
-    if datatype == "FP32":
-        _check_finite(name, array, nullable)
+        with np.errstate(over="ignore"):  # a float too large for its type becomes inf: refused just below
+            array = np.array(flat, dtype=NUMPY_OF[datatype])
+    except OverflowError:
+        info = np.iinfo(NUMPY_OF[datatype])
+        raise V2Error(f"input {name!r} ({datatype}) holds a value outside {info.min}..{info.max}") from None
+    if datatype in FLOATS:
+        check_finite(name, array, nullable)
     return array
 
 
-def _flat(data: list) -> list:
-    """JSON tensor data as one list: [[a], [b]] (row-major, as clients send [N, 1]) or [a, b]."""
-    return data if (not data or not isinstance(data[0], list)) else [v for row in data for v in row]
+def check_lengths(name: str, values: list, limits: Limits, encoded: bool) -> None:
+    if not values:
+        return
+    longest = max(map(len, values))
+    if longest * (1 if encoded else 4) <= limits.max_string_bytes:  # a character is at most 4 UTF-8 bytes
+        return
+    if not encoded:
+        longest = max(len(v.encode()) for v in values)
+    if longest > limits.max_string_bytes:
+        raise V2Error(f"input {name!r} has a {longest:,}-byte string: this server takes at most "
+                      f"{limits.max_string_bytes:,} bytes per element (lakeloop serve --max-string-bytes)")
 
 
-def _with_nulls(name: str, datatype: str, data: list) -> np.ndarray | None:
-    """FP32 JSON data with nulls (missing values) as NaN; None if it holds anything else but numbers."""
-    if datatype != "FP32":
-        return None
-    try:
-        return np.array([np.nan if v is None else v for v in _flat(data)], dtype=np.float32)
-    except (ValueError, TypeError):
-        return None
-
-
-def _from_binary(name: str, datatype: str, raw: memoryview, rows: int, nullable: bool = False) -> np.ndarray:
+def from_binary(name: str, spec: InputSpec, raw: memoryview, count: int, limits: Limits) -> np.ndarray:
+    datatype = spec.datatype
     if datatype == "BYTES":
         values, pos = [], 0
         try:
-            for _ in range(rows):
+            for _ in range(count):
                 (length,) = struct.unpack_from("<I", raw, pos)
                 pos += 4
                 if pos + length > len(raw):
                     raise V2Error(f"input {name!r}: a BYTES element runs past its binary data")
+                if length > limits.max_string_bytes:
+                    raise V2Error(f"input {name!r} has a {length:,}-byte string: this server takes at most "
+                                  f"{limits.max_string_bytes:,} bytes per element (lakeloop serve --max-string-bytes)")
                 values.append(bytes(raw[pos:pos + length]).decode())
                 pos += length
         except (struct.error, UnicodeDecodeError):
-            raise V2Error(f"input {name!r}: BYTES data must be {rows} length-prefixed UTF-8 strings") from None
+            raise V2Error(f"input {name!r}: BYTES data must be {count} length-prefixed UTF-8 strings") from None
         if pos != len(raw):
-            raise V2Error(f"input {name!r}: {len(raw) - pos} bytes left after {rows} BYTES elements")
+            raise V2Error(f"input {name!r}: {len(raw) - pos} bytes left after {count} BYTES elements")
         return np.array(values, dtype=object)
-    dtype = np.dtype(NUMPY_OF[datatype])
-    if len(raw) != rows * dtype.itemsize:
-        raise V2Error(f"input {name!r}: {len(raw)} bytes of binary data for {rows} {datatype} values "
-                      f"({rows * dtype.itemsize} expected)")
-    array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
-    if datatype == "FP32":
-        _check_finite(name, array, nullable)
+    wire = WIRE_DTYPE[datatype]
+    if len(raw) != count * wire.itemsize:
+        raise V2Error(f"input {name!r}: {len(raw)} bytes of binary data for {count} {datatype} values "
+                      f"({count * wire.itemsize} expected)")
+    array = np.frombuffer(raw, dtype=wire)
+    if not NATIVE_IS_WIRE:
+        array = array.astype(NUMPY_OF[datatype])
+    if datatype in FLOATS:
+        check_finite(name, array, spec.nullable)
     return array
 
 
-def response(model_name: str, model_version: str, request: InferRequest, outputs: dict[str, np.ndarray]
-             ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """Encode the outputs as a V2 response: (body, extra headers)."""
-    names = request.outputs or list(outputs)
+def response(model_name: str, model_version: str, request: InferRequest, outputs: dict[str, np.ndarray],
+             labels: dict[str, list[str]] | None = None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Encode the outputs as a V2 response: (body, extra headers). `labels` names the entries of an output
+    (a lakeloop model's class names) for the classification extension."""
+    wanted = request.outputs or [OutputRequest(n, request.binary_outputs) for n in outputs]
     body: dict = {"model_name": model_name, "model_version": model_version, "outputs": []}
     if request.id is not None:
         body["id"] = request.id
     blobs = []
-    for name in names:
-        array = outputs[name]
-        tensor: dict = {"name": name, "datatype": DATATYPE_OF[array.dtype], "shape": list(array.shape)}
-        if request.binary_outputs:
-            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    for want in wanted:
+        array = outputs[want.name]
+        if want.classification:
+            array = classify(array, want.classification, (labels or {}).get(want.name))
+        tensor: dict = {"name": want.name, "datatype": DATATYPE_OF[array.dtype], "shape": list(array.shape)}
+        if want.binary:
+            blob = to_binary(array)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = array.ravel()
+            tensor["data"] = array.ravel().tolist() if array.dtype == object else array.ravel()
         body["outputs"].append(tensor)
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
@@ -264,10 +423,30 @@ def response(model_name: str, model_version: str, request: InferRequest, outputs
                                          (b"inference-header-content-length", str(len(header)).encode())]
 
 
-def check_outputs(names: list[str] | None, available: list[str]) -> None:
-    for name in names or ():
-        if name not in available:
-            raise V2Error(f"unknown output {name!r}: the model's outputs are {', '.join(available)}")
+def to_binary(array: np.ndarray) -> bytes:
+    if array.dtype == object:  # BYTES: each element a 4-byte little-endian length, then its bytes
+        parts = []
+        for value in array.ravel():
+            data = value if isinstance(value, bytes) else str(value).encode()
+            parts += [struct.pack("<I", len(data)), data]
+        return b"".join(parts)
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def classify(array: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
+    """Triton's classification extension: the top `k` entries of each row, "value:index[:label]", [N, k]."""
+    rows = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(1, -1)
+    k = min(k, rows.shape[1])
+    top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    text = [[f"{rows[r, i]:g}:{i}" + (f":{labels[i]}" if labels and i < len(labels) else "") for i in row]
+            for r, row in enumerate(top)]
+    return np.array(text, dtype=object).reshape(rows.shape[0], k)
+
+
+def check_outputs(requested: list[OutputRequest] | None, available: list[str]) -> None:
+    for want in requested or ():
+        if want.name not in available:
+            raise V2Error(f"unknown output {want.name!r}: the model's outputs are {', '.join(available)}")
 
 
 def error_body(message: str) -> bytes:

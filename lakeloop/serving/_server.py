@@ -9,10 +9,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from lakeloop.errors import LakeloopError, ServingError
+from lakeloop.serving._batching import Batcher, Batching
 from lakeloop.serving._logs import InferenceLogger, background_priority
 from lakeloop.serving._metrics import Metrics
 from lakeloop.serving._model import LoadedModel, Tuning, load
+from lakeloop.serving._protocol import InferRequest, Limits, check_outputs
 from lakeloop.serving._sources import ModelSource
 
 log = logging.getLogger("lakeloop.serving")
@@ -99,11 +103,11 @@ class ModelServer:
     every `poll_seconds`; a load request (`load`) does the same for one model at once.
     """
 
-    def __init__(self, models: dict[str, ModelSource], tuning: Tuning | None = None, max_batch: int = 1024,
+    def __init__(self, models: dict[str, ModelSource], tuning: Tuning | None = None, limits: Limits | None = None,
                  api_keys: Callable[[], frozenset[str]] | None = None, inference_log: InferenceLogger | None = None,
-                 poll_seconds: float = 5.0, discover: Discover | None = None, source_of: SourceOf | None = None
-                 ) -> None:
-        self.tuning, self.max_batch = tuning or Tuning(), max_batch
+                 poll_seconds: float = 5.0, discover: Discover | None = None, source_of: SourceOf | None = None,
+                 batching: Batching | None = None) -> None:
+        self.tuning, self.limits = tuning or Tuning(), limits or Limits()
         self.metrics = Metrics()
         self.models: dict[str, ServedModel] = {n: ServedModel(n, s, self.tuning, self.metrics) for n, s in
                                                models.items()}
@@ -116,6 +120,8 @@ class ModelServer:
         self._adding = threading.Lock()
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+        self._unloggable: set[tuple[str, str]] = set()
+        self.batcher = Batcher(batching, self.record) if batching is not None else None
 
     def describe(self) -> str:
         return ", ".join(self.models) or "no model yet"
@@ -206,6 +212,44 @@ class ModelServer:
                 with self._adding:
                     self.models = {n: m for n, m in self.models.items() if n != name}
             raise
+
+    # -- inference (shared by HTTP and gRPC) -----------------------------------------------------------
+
+    def infer(self, name: str, model: LoadedModel, request: InferRequest, log_it: bool = True
+              ) -> dict[str, np.ndarray]:
+        """Run a parsed request on `model` (the version the request started on) and log it.
+
+        Every output is computed, whichever the client asked for: a version's inference log keeps one
+        schema. Logging never fails a request: a row that cannot be logged is counted as dropped.
+
+        Raises:
+            V2Error: a requested output the model does not have.
+            Exception: ONNX Runtime's own, for a failure that is not the client's (the caller answers 500).
+        """
+        check_outputs(request.outputs, model.outputs)
+        outputs = model.run(request.inputs)
+        if log_it:
+            self.record(name, model, request, outputs)
+        return outputs
+
+    async def infer_batched(self, name: str, model: LoadedModel, request: InferRequest, log_it: bool = True
+                            ) -> dict[str, np.ndarray]:
+        """`infer` through the batcher: merged with the concurrent requests for the same version."""
+        check_outputs(request.outputs, model.outputs)
+        return await self.batcher.run(name, model, request, log_it)
+
+    def record(self, name: str, model: LoadedModel, request: InferRequest, outputs: dict[str, np.ndarray]) -> None:
+        logger = self.inference_log
+        if logger is None:
+            return
+        try:
+            logger.record(name, model.version, request.rows, request.inputs, outputs)
+        except Exception:
+            if (name, model.version) not in self._unloggable:  # once per version, not once per request
+                self._unloggable.add((name, model.version))
+                log.exception("%s v%s: could not log an inference (answered; such rows are counted in "
+                              "lakeloop_inference_log_dropped_rows)", name, model.version)
+            logger.dropped_rows += request.rows
 
     # -- auth ------------------------------------------------------------------------------------
 

@@ -92,6 +92,9 @@ def _event(name: str, key: str, resource: dict, payload: dict) -> dict:
             "event": name, "resource": resource, "payload": payload, "related": []}
 
 
+MAX_BODY_BYTES = 1024 * 1024  # a lakeFS action or a CI request is a few KB
+
+
 def create_app(token: Callable[[], str], events: PrefectEvents, deliveries: Deliveries,
                branches: tuple[str, ...] = ("main",)) -> Starlette:
     """The receiver. `token()` returns the current bearer token (re-read from Vault by the caller)."""
@@ -105,7 +108,22 @@ def create_app(token: Callable[[], str], events: PrefectEvents, deliveries: Deli
         return JSONResponse({"error": "missing or invalid token: send 'Authorization: Bearer <token>'"}, 401,
                             headers={"www-authenticate": "Bearer"})
 
-    def read_json(body: bytes) -> dict | JSONResponse:
+    async def read_body(request: Request) -> bytes | JSONResponse:
+        """The body, streamed and refused (413) once it passes MAX_BODY_BYTES: a delivery is a few KB."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES:,} bytes"}, 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return JSONResponse({"error": f"body larger than {MAX_BODY_BYTES:,} bytes"}, 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def read_json(body: bytes | JSONResponse) -> dict | JSONResponse:
+        if isinstance(body, JSONResponse):
+            return body
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -129,7 +147,7 @@ def create_app(token: Callable[[], str], events: PrefectEvents, deliveries: Deli
     async def lakefs_hook(request: Request) -> JSONResponse:
         if not authorized(request):
             return unauthorized()
-        data = read_json(await request.body())
+        data = read_json(await read_body(request))
         if isinstance(data, JSONResponse):
             return data
         missing = [f for f in LAKEFS_REQUIRED if not isinstance(data.get(f), str) or not data.get(f)]
@@ -155,7 +173,7 @@ def create_app(token: Callable[[], str], events: PrefectEvents, deliveries: Deli
     async def retrain_hook(request: Request) -> JSONResponse:
         if not authorized(request):
             return unauthorized()
-        body = await request.body()
+        body = await read_body(request)
         data = read_json(body)
         if isinstance(data, JSONResponse):
             return data

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_trigger_latency_benchmark_times_each_triggered_run():
     result = subprocess.run([sys.executable, "benchmarks/loop.py", "--events", "1", "--skip-demo"], cwd=ROOT,
                             capture_output=True, text=True, timeout=600)

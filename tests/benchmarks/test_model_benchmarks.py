@@ -24,7 +24,7 @@ def test_inference_benchmark():
     out = _run("benchmarks/inference.py", "--projects", "fraud,wine", "--rows", "12000", "--epochs", "2",
                "--repeat", "200")
     assert "fraud (binary" in out and "wine (multiclass" in out and out.count("chosen variant") == 2
-    assert out.count("faster than the baseline") == 4
+    assert out.count("x the baseline (target") == 4 and out.count("x the floor") == 4
 
 
 def test_gpu_benchmark_code_path_on_cpu():

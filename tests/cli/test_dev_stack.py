@@ -26,10 +26,29 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"prefect", "lakefs", "vault", "serving", "webhook", "worker"}
 
 
-def lakeloop(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def lakeloop(*args: str, timeout: int = 300, installed: Path | None = None, cwd: Path = ROOT
+             ) -> subprocess.CompletedProcess:
+    """The CLI from this checkout, or (`installed`: a folder the wheel was installed into) as a pip install
+    runs it, from `cwd` outside any checkout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LAKEFS_", "LAKELOOP_"))}
-    return subprocess.run([sys.executable, "-m", "lakeloop.cli", *args], cwd=ROOT, capture_output=True,
+    if installed is not None:
+        env["PYTHONPATH"] = str(installed)
+    return subprocess.run([sys.executable, "-m", "lakeloop.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**env, "COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """lakeloop's wheel, built from this checkout and installed (without dependencies: this venv has them)
+    into a folder of its own, as `pip install lakeloop` would put it into site-packages."""
+    wheels, target = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("site-packages")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True,
+                   capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("lakeloop-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)], check=True,
+                   capture_output=True, timeout=300)
+    return target
 
 
 def stopped(pids: list[int]) -> bool:
@@ -60,16 +79,41 @@ def state_dir(tmp_path):
     lakeloop("dev", "down", "--state-dir", str(tmp_path / "state"))
 
 
-@pytest.mark.timeout(900)
-def test_up_status_projects_ingest_down(state_dir, tmp_path):
-    up = lakeloop("dev", "up", "--state-dir", str(state_dir), "--schedules")
+def test_the_wheel_installs_lakeloop_alone_and_carries_what_dev_up_deploys(installed):
+    assert sorted(p.name for p in installed.iterdir() if not p.name.endswith(".dist-info")) == ["bin", "lakeloop"]
+    assert [p.name for p in (installed / "bin").iterdir()] == ["lakeloop"]  # the console script
+    bundle = installed / "lakeloop" / "_bundle"
+    for folder in ("flows", "tasks", "blocks"):  # copies, not links: a wheel has no links
+        files = sorted(p.relative_to(ROOT) for p in (ROOT / folder).glob("*.py"))
+        assert files and all((bundle / f).read_bytes() == (ROOT / f).read_bytes() for f in files)
+        assert not (bundle / folder).is_symlink()
+    assert (bundle / "deployments.yaml").read_text() == (ROOT / "deployments.yaml").read_text()
+    assert (bundle / "examples" / "fraud" / "lakeloop.yaml").is_file()
+    where = subprocess.run([sys.executable, "-c", "import importlib.util, lakeloop; print(lakeloop.__file__); "
+                            "print(importlib.util.find_spec('flows'))"], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(installed)}, cwd=installed.parent, check=True)
+    assert where.stdout.split() == [str(installed / "lakeloop" / "__init__.py"), "None"]  # no top-level `flows`
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_up_status_projects_ingest_down(state_dir, tmp_path, installed):
+    """The whole path a team takes with `pip install lakeloop` in its own repository: no checkout."""
+    user = tmp_path / "repo"
+    user.mkdir()
+
+    def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+        return lakeloop(*args, timeout=timeout, installed=installed, cwd=user)
+
+    up = cli("dev", "up", "--state-dir", str(state_dir), "--schedules")
     assert up.returncode == 0, up.stdout + up.stderr
+    assert f"runs flows from {installed / 'lakeloop' / '_bundle'}" in up.stderr
     services = json.loads((state_dir / "stack.json").read_text())["services"]
     assert set(services) == SERVICES
     pids = [s["pid"] for s in services.values()]
     assert all(psutil.pid_exists(p) for p in pids)
 
-    status = lakeloop("dev", "status", "--state-dir", str(state_dir))
+    status = cli("dev", "status", "--state-dir", str(state_dir))
     assert status.returncode == 0
     for service in services.values():
         assert service["url"] in status.stdout
@@ -82,9 +126,10 @@ def test_up_status_projects_ingest_down(state_dir, tmp_path):
     # with its own triggers (and schedule, active with --schedules), and a lakeFS action naming it
     api = services["prefect"]["url"] + "/api"
     assert httpx.post(f"{api}/deployments/filter", json={}).json() == []  # `dev up` alone deploys nothing
-    added = lakeloop("project", "add", "examples/fraud", "--schedules", "--state-dir", str(state_dir))
+    added = cli("project", "add", "examples/fraud", "--schedules", "--state-dir", str(state_dir))
     assert added.returncode == 0, added.stdout + added.stderr
-    added = lakeloop("project", "add", str(ROOT / "examples" / "demand"), "--state-dir", str(state_dir))
+    shutil.copytree(ROOT / "examples" / "demand", user / "demand")  # a project in the team's own repository
+    added = cli("project", "add", "demand", "--state-dir", str(state_dir))
     assert added.returncode == 0, added.stdout + added.stderr
     deployments = httpx.post(f"{api}/deployments/filter", json={}).json()
     assert sorted(d["name"] for d in deployments) == ["demand"] * 8 + ["fraud"] * 8
@@ -92,19 +137,19 @@ def test_up_status_projects_ingest_down(state_dir, tmp_path):
     assert [s["schedule"]["cron"] for s in drift["schedules"]] == ["0 * * * *"] and drift["schedules"][0]["active"]
     demand = httpx.get(f"{api}/deployments/name/monitor-drift/demand").json()
     assert not demand["schedules"][0]["active"]  # paused unless asked for
-    assert demand["parameters"]["project"] == str(ROOT / "examples" / "demand")
+    assert demand["parameters"]["project"] == str(user / "demand")
     automations = {a["name"]: a for a in httpx.post(f"{api}/automations/filter", json={}).json() if a["enabled"]}
     for project in ("fraud", "demand"):
         for why in ("drift", "new data", "request"):
             assert automations[f"retrain {project} on {why}"]["trigger"]["match"] == {"lakeloop.project": project}
-    listed = lakeloop("project", "list", "--state-dir", str(state_dir))
+    listed = cli("project", "list", "--state-dir", str(state_dir))
     assert listed.returncode == 0 and "retrain/demand" in listed.stdout and "retrain/fraud" in listed.stdout
     # one data repository per project: a second project on fraud's repository would retrain both on a merge
     clash = tmp_path / "clash"
     clash.mkdir()
     (clash / "lakeloop.yaml").write_text((ROOT / "examples" / "fraud" / "lakeloop.yaml").read_text().replace(
         "name: fraud", "name: clash"))
-    refused = lakeloop("project", "add", str(clash), "--state-dir", str(state_dir))
+    refused = cli("project", "add", str(clash), "--state-dir", str(state_dir))
     assert refused.returncode == 1 and "data.repository 'lakeloop-data' is already project 'fraud'" in refused.stderr
     # the webhook receiver wants its token; lakeFS holds each project's action that calls it
     hook = services["webhook"]["url"]
@@ -122,37 +167,38 @@ def test_up_status_projects_ingest_down(state_dir, tmp_path):
     logs = "".join(p.read_text(errors="replace") for p in (state_dir / "logs").iterdir())
     assert token not in logs and "secret_id" not in logs
 
-    again = lakeloop("dev", "up", "--state-dir", str(state_dir))  # idempotent: nothing new started
+    again = cli("dev", "up", "--state-dir", str(state_dir))  # idempotent: nothing new started
     assert "already running" in again.stderr
     assert [s["pid"] for s in json.loads((state_dir / "stack.json").read_text())["services"].values()] == pids
 
     batch = tmp_path / "b.parquet"
-    made = lakeloop("data", "generate", str(batch), "--project", "examples/fraud", "--rows", "300")
+    made = cli("data", "generate", str(batch), "--project", "examples/fraud", "--rows", "300")
     assert made.returncode == 0 and "wrote 300 rows of fraud" in made.stdout
     # a project the stack does not run (not added: no deployments, no triggers), so no run starts on the worker
     scratch = tmp_path / "scratch"
     shutil.copytree(ROOT / "examples" / "fraud", scratch)
     (scratch / "lakeloop.yaml").write_text((scratch / "lakeloop.yaml").read_text().replace(
         "name: fraud", "name: scratch").replace("repository: lakeloop-data", "repository: scratch-repo"))
-    ingest = lakeloop("data", "ingest", str(batch), "--project", str(scratch), "--state-dir", str(state_dir))
+    ingest = cli("data", "ingest", str(batch), "--project", str(scratch), "--state-dir", str(state_dir))
     assert ingest.returncode == 0, ingest.stdout + ingest.stderr
     assert "published 300 rows" in ingest.stdout and "scratch-repo/main" in ingest.stdout
     bad = tmp_path / "bad.txt"
     bad.write_text("not a batch")
-    refused = lakeloop("data", "ingest", str(bad), "--project", str(scratch), "--state-dir", str(state_dir))
+    refused = cli("data", "ingest", str(bad), "--project", str(scratch), "--state-dir", str(state_dir))
     assert refused.returncode == 1 and "error:" in refused.stderr and "Traceback" not in refused.stderr
     for project in ("fraud", "demand"):  # nothing triggered by scratch's merge (monitor-drift/fraud is scheduled)
         assert wait_for_runs(api, f"retrain/{project}", 0, timeout=1) == []
 
-    bring_your_own(state_dir, services, tmp_path)
+    guide_steps(state_dir, services, tmp_path / "guide", installed)
+    bring_your_own(state_dir, services, tmp_path, cli)
 
     logged = (state_dir / "logs" / "vault.log").read_text()
     assert "Root Token:" not in logged and "Unseal Key:" not in logged and "==> OpenBao server" in logged
 
-    down = lakeloop("dev", "down", "--state-dir", str(state_dir))
+    down = cli("dev", "down", "--state-dir", str(state_dir))
     assert down.returncode == 0 and f"stopped {len(SERVICES)} service(s)" in down.stderr
     assert stopped(pids)
-    assert lakeloop("dev", "status", "--state-dir", str(state_dir)).returncode == 1
+    assert cli("dev", "status", "--state-dir", str(state_dir)).returncode == 1
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +213,7 @@ def loop(tmp_path_factory):
     assert stopped([s["pid"] for s in services.values()])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_make_run_closes_the_loop_through_the_triggers(loop):
     demo, services, state = loop
@@ -206,6 +253,7 @@ def test_make_run_closes_the_loop_through_the_triggers(loop):
     assert re.search(r"v3 +│ production", models.stdout) and re.search(r"v2 +│ previous", models.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_prefect_ui_shows_deployments_schedule_and_drift_report(loop):
     from playwright.sync_api import expect, sync_playwright
@@ -299,7 +347,37 @@ def wait_for_runs(api: str, deployment: str, count: int, timeout: float = 600) -
         time.sleep(1)
 
 
-def bring_your_own(state_dir: Path, services: dict, tmp_path: Path) -> None:
+GUIDE = ["data.md", "training.md", "compression.md", "registry.md", "deploying.md", "drift.md"]
+
+
+def guide_steps(state_dir: Path, services: dict, folder: Path, installed: Path) -> None:
+    """The guide's Python steps (docs/, in page order) as one session, with the shell steps before them, on
+    this stack — fresh but for the projects added — and the installed lakeloop (add_to_path first, as
+    docs/install.md says): each step works on what the one before it left."""
+    folder.mkdir()
+    blocks = [b for page in GUIDE for b in re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), re.S)
+              if "from flows." in b]
+    assert len(blocks) == len(GUIDE)
+    (folder / "steps.py").write_text("from lakeloop.shipped import add_to_path\n\nadd_to_path()\n" + "\n".join(blocks))
+    made = lakeloop("data", "generate", "batch.parquet", "--project", "examples/fraud", "--rows", "5000",
+                    installed=installed, cwd=folder)
+    assert made.returncode == 0, made.stderr
+    exported = dict(line.removeprefix("export ").split("=", 1) for line in (state_dir / "env").read_text().splitlines()
+                    if line.startswith("export "))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "LAKEFS_", "LAKELOOP_"))}
+    steps = subprocess.run([sys.executable, "steps.py"], cwd=folder, capture_output=True, text=True, timeout=900,
+                           env={**env, **exported, "PYTHONPATH": str(installed)})
+    assert steps.returncode == 0, steps.stdout[-3000:] + steps.stderr[-5000:]
+    printed = steps.stdout.split("\n")
+    assert printed[0].startswith("5000 ")  # rows published, the commit, the rows pulled back
+    assert any(line.startswith("deployed ") for line in printed), steps.stdout  # the pinned version went live
+    api = services["prefect"]["url"] + "/api"
+    runs = wait_for_runs(api, "retrain/fraud", 1)  # the ingest step's merge started exactly one retrain
+    assert [(r["state"]["type"], r["created_by"]["display_value"]) for r in runs] == [
+        ("COMPLETED", "retrain fraud on new data")]
+
+
+def bring_your_own(state_dir: Path, services: dict, tmp_path: Path, lakeloop=lakeloop) -> None:
     """init → validate → project add → ingest → triggered retrain → served (tritonclient, binary tensors,
     NaN) → traffic → monitor-drift's report, for a binary, a multiclass and a regression project at once."""
     import numpy as np
@@ -368,5 +446,8 @@ def bring_your_own(state_dir: Path, services: dict, tmp_path: Path) -> None:
     reports = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["drift-report"]}}}).json()
     described = {a["description"].split(" v")[0] for a in reports}
     assert {n for n, _, _ in BYO} <= described, described
-    for name in ("fraud", "demand"):  # added, never fed: their triggers saw the others' events and did nothing
-        assert wait_for_runs(api, f"retrain/{name}", 0, timeout=1) == []
+    # demand: added, never fed; fraud: fed once, by the guide's steps: their triggers saw the others' events
+    # and did nothing more
+    assert wait_for_runs(api, "retrain/demand", 0, timeout=1) == []
+    assert [r["created_by"]["display_value"] for r in wait_for_runs(api, "retrain/fraud", 1, timeout=1)] == [
+        "retrain fraud on new data"]

@@ -126,3 +126,12 @@ def test_responses_match_the_official_spec(lakefs_server, openapi):
     unauthorized = CheckedSession(lakefs_server, openapi, auth=("AKIAWRONG", "wrong"))
     unauthorized.call("GET", "/repositories", 401)
     assert len(api.checked) > 40
+
+
+def test_a_request_head_over_a_megabyte_is_refused_as_lakefs_refuses_it(lakefs_server):
+    """lakeFS (Go's net/http) answers 431 to a request head above its 1 MB bound; so does the embedded one."""
+    auth = (lakefs_server.access_key_id, lakefs_server.secret_access_key)
+    url = f"{lakefs_server.endpoint}/api/v1/user"
+    assert requests.get(url, auth=auth, headers={"x-note": "a" * 1000}, timeout=30).status_code == 200
+    assert requests.get(url, auth=auth, headers={"x-note": "a" * (2 * 1024 * 1024)}, timeout=30).status_code == 431
+    assert requests.get(url, auth=auth, timeout=30).status_code == 200

@@ -14,7 +14,7 @@ import pytest
 from flows.drift import monitor_drift
 from lakeloop.config import DriftConfig
 from lakeloop.data._wap import read_dataset
-from lakeloop.deploy import raw_inputs
+from lakeloop.deploy import raw_columns, raw_inputs
 from lakeloop.drift import DriftThresholds
 from lakeloop.modeling.features import FeatureSpec
 from lakeloop.project import resolve_project
@@ -31,9 +31,10 @@ def serve_rows(frame, model: Path, sink: LakeFSSink, version: str) -> None:
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     logger = InferenceLogger(sink, interval=3600)
     for start in range(0, len(frame), 50):
-        feeds = raw_inputs(session, frame.iloc[start:start + 50])
-        probability, label = session.run(["probability", "label"], feeds)
-        logger.record("fraud", version, len(probability), feeds, {"probability": probability, "label": label})
+        rows = frame.iloc[start:start + 50]
+        probability, label = session.run(["probability", "label"], raw_inputs(session, rows))
+        logger.record("fraud", version, len(probability), raw_columns(session, rows),
+                      {"probability": probability, "label": label})
     logger.flush()
 
 

@@ -51,5 +51,7 @@ def test_register_then_promote_lineage_rollback(tmp_path, publish, lakefs_server
     assert "moved to v2 by cli:" in lineage.stdout and "moved to v1 by cli:" in lineage.stdout
     back = cli("rollback", *repo)
     assert back.returncode == 0 and "→ v1 (rolled back)" in back.stdout
+    for done in (promoted, listed, lineage, back):  # a clean terminal: no Prefect worker warnings at exit
+        assert "Warning" not in done.stderr and "EventsWorker" not in done.stderr, done.stderr
     missing = cli("promote", "9", *repo)
     assert missing.returncode == 1 and "has no version 9" in missing.stderr and "Traceback" not in missing.stderr

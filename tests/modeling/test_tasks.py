@@ -146,3 +146,62 @@ def test_the_shipped_plugin_example_trains_exports_and_matches(tmp_path):
     sess = session(export_onnx(net, spec, tmp_path / "plugin.onnx"))
     assert parity(onnx_outputs(sess, onnx_inputs(frame, spec), "regression"),
                   torch_outputs(net, spec, frame), "regression") <= 1e-4
+
+
+def layout_frame(numbers: int, categories: int, rows: int = 400) -> pd.DataFrame:
+    rng = np.random.default_rng(numbers * 10 + categories)
+    frame = pd.DataFrame({f"x{i}": rng.lognormal(1.0, 1.0, rows) for i in range(numbers)})
+    for i in range(categories):
+        frame[f"c{i}"] = rng.choice(["a", "b", "c", None], rows)
+    frame["y"] = rng.choice(["no", "yes"], rows)
+    for i in range(0, numbers, 2):  # gaps in every other number
+        frame.loc[rng.random(rows) < 0.1, f"x{i}"] = np.nan
+    return frame
+
+
+@pytest.mark.parametrize(("numbers", "categories", "options"), [
+    (3, 0, {}),                                           # numbers only, plain
+    (4, 0, {"log1p": True, "clip": [0.5, 20.0]}),         # every number transformed
+    (0, 1, {}),                                           # one category, nothing else
+    (0, 3, {}),
+    (5, 2, {"log1p": "odd", "clip": [0.0, 30.0]}),        # a mix: log1p on some, clip, flags, categories
+])
+def test_the_built_in_net_exports_exactly_for_any_feature_layout(tmp_path, numbers, categories, options):
+    frame = layout_frame(numbers, categories)
+    features = []
+    for i in range(numbers):
+        feature = {"name": f"x{i}", "type": "number"}
+        if options.get("log1p") is True or (options.get("log1p") == "odd" and i % 2):
+            feature["log1p"] = True
+        if "clip" in options:
+            feature["clip"] = options["clip"]
+        features.append(feature)
+    features += [{"name": f"c{i}", "type": "category"} for i in range(categories)]
+    project = project_for(frame, "y", tmp_path / "p", features=features)
+    spec = FeatureSpec.fit(project, frame.head(300))
+    torch.manual_seed(1)
+    net = build_net(spec, project.model, project).eval()
+    path = export_onnx(net, spec, tmp_path / "m.onnx")
+    rows = frame.tail(100).copy()
+    if categories:
+        rows.loc[rows.index[:5], "c0"] = "never seen"  # the reserved unknown index
+    assert parity(onnx_outputs(session(path), onnx_inputs(rows, spec), "binary"),
+                  torch_outputs(net, spec, rows), "binary") <= 1e-5
+    assert rows.isna().any().any()
+
+
+def test_the_graph_does_not_grow_with_the_number_of_features(tmp_path):
+    """ONNX Runtime's cost at one row is per node: 6 or 60 numbers and 1 or 8 categories give the same nodes."""
+    import onnx
+
+    def nodes(numbers: int, categories: int) -> list[str]:
+        frame = layout_frame(numbers, categories)
+        features = [{"name": f"x{i}", "type": "number", "log1p": bool(i % 2)} for i in range(numbers)]
+        features += [{"name": f"c{i}", "type": "category"} for i in range(categories)]
+        project = project_for(frame, "y", tmp_path / f"p{numbers}-{categories}", features=features)
+        spec = FeatureSpec.fit(project, frame)
+        path = export_onnx(build_net(spec, project.model, project), spec, tmp_path / f"{numbers}-{categories}.onnx")
+        return sorted(n.op_type for n in onnx.load(path).graph.node if n.op_type != "LabelEncoder")
+
+    assert nodes(6, 2) == nodes(60, 2)
+    assert nodes(6, 2) == nodes(6, 8)

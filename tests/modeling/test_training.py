@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +19,7 @@ from lakeloop.config import TrainingConfig
 from lakeloop.data import pseudonymise
 from lakeloop.errors import TrainingError
 from lakeloop.modeling.features import FeatureSpec, split_of
-from lakeloop.modeling.run import launch, prepare_run, torchrun_command
+from lakeloop.modeling.run import launch, prepare_run, record_lineage, torchrun_command
 from lakeloop.project import resolve_project
 from tests._examples import generate_transactions
 
@@ -154,6 +156,24 @@ def test_two_runs_of_one_folder_at_once_never_corrupt_each_other(frame, tmp_path
     assert results[0]["test_metrics"] == results[1]["test_metrics"]
     assert sorted(r["resumed"] for r in results) == [False, True]
     assert (workdir / "result.json").exists()
+
+
+def test_lineage_sections_written_at_once_all_survive(tmp_path):
+    """Training and compression of two runs sharing a folder add their lineage sections at the same time
+    (CI once saw one rename the other's temporary file away)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(4) as pool:
+        list(pool.map(_add_sections, [(tmp_path, f"writer{w}") for w in range(4)]))
+    lineage = json.loads((tmp_path / "lineage.json").read_text())
+    assert sorted(lineage) == sorted(f"writer{w}-{i}" for w in range(4) for i in range(40))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def _add_sections(job: tuple[Path, str]) -> None:
+    folder, writer = job
+    for i in range(40):
+        record_lineage(folder, **{f"{writer}-{i}": {"step": i}})
 
 
 def test_early_stopping_keeps_the_epoch_with_the_lowest_validation_loss(frame, tmp_path):

@@ -92,3 +92,31 @@ def test_serving_role_can_verify_but_not_sign(registry, files, vault, tmp_path):
 
     with pytest.raises(VaultPermissionError):
         serving.sign(b"a model the serving role made up")
+
+
+def test_concurrent_registrations_get_their_own_versions_and_files(registry, files, tmp_path):
+    """A triggered retrain and a manual one registering at once: distinct versions, each holding exactly
+    its own files (nothing staged by one lands in the other's commit), while aliases move on main."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    registry.register("fraud", files, LINEAGE, actor="first")  # the repository and v1 exist
+    registry.promote("fraud", 1, "production", actor="test")
+    runs = []
+    for i in range(4):
+        model = tmp_path / f"model-{i}.onnx"
+        model.write_bytes(f"model {i} ".encode() * (500 + i))
+        runs.append({"model.onnx": model})
+    with ThreadPoolExecutor(7) as pool:
+        registering = [pool.submit(registry.register, "fraud", runs[i], LINEAGE, actor=f"run-{i}") for i in range(4)]
+        moving = [pool.submit(registry.promote, "fraud", 1, "staging", actor=f"ops-{i}") for i in range(3)]
+        done = [r.result() for r in registering]
+        assert all(isinstance(m.result(), str) for m in moving)
+    assert registry.alias("fraud", "staging") == 1 and len(registry.history("fraud", "staging")) == 3
+    assert sorted(v.version for v in done) == [2, 3, 4, 5] and registry.versions("fraud") == [1, 2, 3, 4, 5]
+    for i, version in enumerate(done):
+        target = tmp_path / f"fetched-{i}"
+        registry.fetch("fraud", version.version, target)  # checks the signature and every file's sha256
+        assert (target / "model.onnx").read_bytes() == runs[i]["model.onnx"].read_bytes()
+        assert registry.manifest("fraud", version.version)["registered_by"] == f"run-{i}"
+    branches = [b.id for b in lakefs.Repository(registry.repository, client=registry.client).branches()]
+    assert branches == ["main"]  # every claim branch is gone

@@ -17,7 +17,15 @@ from lakeloop.errors import (
     VaultSealedError,
     VaultUnreachableError,
 )
-from lakeloop.secrets import LAKEFS_PATH, PII_PATH, SERVING_PATH, VaultClient, VaultSettings
+from lakeloop.secrets import (
+    LAKEFS_PATH,
+    PII_PATH,
+    SERVING_PATH,
+    VaultClient,
+    VaultSettings,
+    parse_api_keys,
+    serving_keys,
+)
 from tests._loopback import LoopbackServer
 
 BOGUS_AMBIENT = "s.bogus-ambient-token"
@@ -264,3 +272,18 @@ def test_a_restarted_dev_vault_keeps_the_signing_and_pii_keys(tmp_path, lakefs_s
         assert client.read_key(PII_PATH, "key") == pii_key
     finally:
         _proc.stop(second.process_pid)
+
+
+def test_serving_keys_are_parsed_one_way_and_an_empty_list_is_named(vault):
+    """Every reader of the serving keys (server, deploy task, loop, benchmark) goes through serving_keys."""
+    root = hvac.Client(url=vault.address, token=vault.root_token)
+    original = root.secrets.kv.v2.read_secret_version(SERVING_PATH, raise_on_deleted_version=True)["data"]["data"]
+    client = _client(vault, "serving")
+    try:
+        root.secrets.kv.v2.create_or_update_secret(SERVING_PATH, {**original, "api_keys": " k1 , ,k2,"})
+        assert serving_keys(client) == ["k1", "k2"] and parse_api_keys("a,b ,") == ["a", "b"]
+        root.secrets.kv.v2.create_or_update_secret(SERVING_PATH, {**original, "api_keys": " , "})
+        with pytest.raises(SecretNotFoundError, match="key 'api_keys' holds no key"):
+            serving_keys(client)
+    finally:
+        root.secrets.kv.v2.create_or_update_secret(SERVING_PATH, original)

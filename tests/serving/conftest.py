@@ -27,13 +27,23 @@ def model_file(tmp_path_factory) -> Path:
 
 def rows(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Real generated rows as the model's named inputs ([n, 1] each)."""
-    from lakeloop.compression import onnx_inputs
+    from lakeloop.compression import feature_columns
     from lakeloop.modeling.features import FeatureSpec
     from lakeloop.project import resolve_project
     from tests._examples import generate_transactions
 
     frame = generate_transactions(max(n, 50), seed=seed).head(n)
-    return onnx_inputs(frame, FeatureSpec.fit(resolve_project("fraud"), generate_transactions(500, seed=1)))
+    return feature_columns(frame, FeatureSpec.fit(resolve_project("fraud"), generate_transactions(500, seed=1)))
+
+
+def answer_of(model: Path, columns: dict[str, np.ndarray], output: str = "probability") -> np.ndarray:
+    """What ONNX Runtime itself answers for per-column rows (packed as the model declares)."""
+    import onnxruntime as ort
+
+    from lakeloop.packing import pack, packing_of
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run([output], pack(columns, packing_of(session.get_modelmeta().custom_metadata_map)))[0]
 
 
 class Served:

@@ -14,7 +14,9 @@ import hvac
 import lakefs
 import pyarrow.parquet as pq
 import pytest
+import tritonclient.grpc as triton_grpc
 
+from lakeloop.devstack import _proc
 from lakeloop.registry import Registry, VaultSigner
 from lakeloop.secrets import SERVING_PATH, VaultClient, VaultSettings
 from tests.serving.conftest import lakeloop_serve, nan_on_zero_amount, raw_feature_model, rows
@@ -28,32 +30,60 @@ def _body(n: int = 2) -> bytes:
 
 
 class Load:
-    """Sends requests back to back from one keep-alive client until stopped; records every answer."""
+    """`clients` keep-alive clients (HTTP, or gRPC through tritonclient) sending requests back to back
+    until stopped; each client's answers are kept in order, as (status, version)."""
 
-    def __init__(self, url: str, key: str) -> None:
-        self.url, self.headers = url, {"Authorization": f"Bearer {key}"}
-        self.answers: list[tuple[int, str]] = []
+    def __init__(self, url: str, key: str, grpc: str | None = None, clients: int = 1) -> None:
+        self.url, self.grpc, self.key = url, grpc, key
+        self.by_client: list[list[tuple[int, str]]] = [[] for _ in range(clients)]
         self.errors: list[str] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._threads = [threading.Thread(target=self._run, args=(answers,), daemon=True)
+                         for answers in self.by_client]
 
-    def _run(self) -> None:
-        body = _body()
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.is_set() and len(self.answers) < 200_000:
-                try:
-                    answer = client.post(f"{self.url}/v2/models/fraud/infer", content=body, headers=self.headers)
-                    self.answers.append((answer.status_code, answer.json().get("model_version", "")))
-                except httpx.HTTPError as exc:
-                    self.errors.append(repr(exc))
+    @property
+    def answers(self) -> list[tuple[int, str]]:
+        return [a for answers in self.by_client for a in answers]
+
+    def _run(self, answers: list) -> None:
+        send = self._grpc_sender() if self.grpc else self._http_sender()
+        while not self._stop.is_set() and len(answers) < 100_000:
+            try:
+                answers.append(send())
+            except Exception as exc:  # every failure is a finding: the test asserts there are none
+                self.errors.append(repr(exc))
+
+    def _http_sender(self):
+        client = httpx.Client(timeout=10)
+        body, headers = _body(), {"Authorization": f"Bearer {self.key}"}
+
+        def send() -> tuple[int, str]:
+            answer = client.post(f"{self.url}/v2/models/fraud/infer", content=body, headers=headers)
+            return answer.status_code, answer.json().get("model_version", "")
+        return send
+
+    def _grpc_sender(self):
+        client = triton_grpc.InferenceServerClient(self.grpc)
+        inputs = []
+        for name, array in rows(2).items():
+            tensor = triton_grpc.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else "FP32")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        headers = {"authorization": f"Bearer {self.key}"}
+
+        def send() -> tuple[int, str]:
+            return 200, client.infer("fraud", inputs, headers=headers, client_timeout=10).get_response().model_version
+        return send
 
     def __enter__(self) -> Load:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(30)
+        for thread in self._threads:
+            thread.join(30)
 
 
 def _wait_for(predicate, what: str, timeout: float = 20) -> None:
@@ -63,7 +93,10 @@ def _wait_for(predicate, what: str, timeout: float = 20) -> None:
         time.sleep(0.1)
 
 
-def test_hot_swap_under_load_refuses_bad_versions(lakefs_server, vault, tmp_path):
+@pytest.mark.parametrize("transport, batching", [("http", False), ("http", True), ("grpc", True)])
+def test_hot_swap_under_load_refuses_bad_versions(lakefs_server, vault, tmp_path, transport, batching):
+    """Zero failed requests and one clean switch per client across a swap and two refusals; with
+    batching on, requests are merged but never across versions."""
     name = f"reg-{uuid.uuid4().hex[:8]}"
     pipeline = VaultClient(VaultSettings(address=vault.address, **vault.approle("pipeline")))
     registry = Registry(lakefs_server.client(), name, VaultSigner(pipeline), f"{lakefs_server.namespace_prefix}/{name}")
@@ -86,6 +119,10 @@ def test_hot_swap_under_load_refuses_bad_versions(lakefs_server, vault, tmp_path
     args = ["--model", "fraud", "--registry", name, "--workers", "1", "--poll-seconds", "0.3",
             "--log-repository", logs_repo, "--log-storage-namespace", f"{lakefs_server.namespace_prefix}/{logs_repo}",
             "--log-interval", "0.5"]
+    grpc = f"127.0.0.1:{_proc.free_port()}" if transport == "grpc" else None
+    if grpc:
+        args += ["--grpc-port", grpc.rsplit(":", 1)[1]]
+    args += ["--max-batch-delay-us", "2000", "--preferred-batch", "16"] if batching else ["--no-batching"]
     with lakeloop_serve(args, tmp_path, env=env) as served:
         auth = {"Authorization": f"Bearer {key}"}
         assert httpx.post(f"{served.url}/v2/models/fraud/infer", content=_body()).status_code == 401
@@ -94,11 +131,11 @@ def test_hot_swap_under_load_refuses_bad_versions(lakefs_server, vault, tmp_path
             return httpx.get(f"{served.url}/v2/models/fraud", headers=auth).json()["versions"][0]
 
         assert serving() == "1"
-        with Load(served.url, key) as load:
+        with Load(served.url, key, grpc, clients=4 if batching else 1) as load:
             _wait_for(lambda: len(load.answers) > 50, "traffic on v1")
             registry.promote("fraud", 2, "production", actor="test", reason="hot swap")
             _wait_for(lambda: serving() == "2", "the swap to v2")
-            _wait_for(lambda: load.answers[-1][1] == "2", "traffic on v2")
+            _wait_for(lambda: all(a and a[-1][1] == "2" for a in load.by_client), "traffic on v2")
 
             registry.promote("fraud", 3, "production", actor="test", reason="tampered")
             reload = httpx.post(f"{served.url}/v2/repository/models/fraud/load", headers=auth)
@@ -113,10 +150,15 @@ def test_hot_swap_under_load_refuses_bad_versions(lakefs_server, vault, tmp_path
 
         assert load.errors == []
         assert {code for code, _ in load.answers} == {200}
-        versions = [v for _, v in load.answers]
-        first_v2 = versions.index("2")
-        assert set(versions[:first_v2]) == {"1"} and set(versions[first_v2:]) == {"2"}  # one clean switch
+        for answers in load.by_client:  # one clean switch, client by client
+            versions = [v for _, v in answers]
+            first_v2 = versions.index("2")
+            assert set(versions[:first_v2]) == {"1"} and set(versions[first_v2:]) == {"2"}
         metrics = httpx.get(f"{served.url}/metrics", headers=auth).text
+        if batching:  # four clients back to back: some of their requests shared a call
+            calls, requests = (float(re.search(rf"^lakeloop_batcher_{k}_total ([\d.]+)$", metrics, re.M).group(1))
+                               for k in ("calls", "requests"))
+            assert requests >= len(load.answers) and calls < requests, metrics
         # each bad version is refused by the load request and, when its 0.3 s poll comes first, by the watcher
         refused = int(re.search(r'lakeloop_model_swaps_total\{model="fraud",outcome="refused"\} (\d+)',
                                 metrics).group(1))

@@ -66,5 +66,5 @@ def test_pip_resolves_the_serve_extra_without_torch_or_prefect(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
                     "--report", str(report), f"{ROOT}[serve]"], check=True, timeout=600)
     names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
-    assert {"onnxruntime", "uvicorn", "hvac", "lakefs"} <= names
+    assert {"onnxruntime", "uvicorn", "hvac", "lakefs", "grpcio", "protobuf"} <= names
     assert not names & {"torch", "prefect", "lightning", "pandas", "pandera"}

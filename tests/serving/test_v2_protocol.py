@@ -8,13 +8,12 @@ import struct
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pyarrow.dataset as ds
 import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.serving.conftest import lakeloop_serve, rows
+from tests.serving.conftest import answer_of, lakeloop_serve, rows
 
 KEY = "test-key-1"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -53,7 +52,7 @@ def test_standard_v2_client_gets_the_models_answers(server, model_file, binary):
     outputs = None if binary else [triton.InferRequestedOutput("probability", binary_data=False),
                                    triton.InferRequestedOutput("label", binary_data=False)]
     result = client.infer("fraud", triton_inputs(batch, binary), outputs=outputs, headers=dict(AUTH))
-    expected = ort.InferenceSession(str(model_file)).run(["probability"], batch)[0]
+    expected = answer_of(model_file, batch)
     np.testing.assert_allclose(result.as_numpy("probability"), expected, rtol=1e-6)
     assert result.get_response()["model_name"] == "fraud"
 
@@ -105,15 +104,23 @@ def _cases():
                           {}, "unknown input 'colour'"),
         "missing input": (_body({k: v for k, v in two.items() if k != "country"}), {}, "missing input(s) 'country'"),
         "wrong datatype": (_with_input(_body(two), "amount", datatype="INT64"), {}, "expected 'FP32'"),
-        "wrong shape": (_with_input(_body(two), "amount", shape=[1, 2]), {}, "expected [N, 1] or [N]"),
+        "wrong shape": (_with_input(_body(two), "amount", shape=[1, 2]), {}, "the model expects [-1, 1] (or [N]"),
+        "wrong rank": (_with_input(_body(two), "amount", shape=[2, 1, 1]), {}, "has shape [2, 1, 1]"),
+        "nested data deeper than the shape": (_with_input(_body(two), "amount", data=[[129.5], [[1.0]]]), {},
+                                              "must hold numbers"),
+        "text that looks like a number": (_with_input(_body(two), "amount", data=["129.5", 3.0]), {},
+                                          "must hold numbers, not str"),
+        "true in a number": (_with_input(_body(two), "amount", data=[True, 3.0]), {}, "must hold numbers, not bool"),
+        "a string above the element limit": (_with_input(_body(two), "country", data=["x" * 70_000, "DE"]), {},
+                                             "70,000-byte string"),
         "shape and data disagree": (_with_input(_body(two), "amount", data=[1.0, 2.0, 3.0]), {}, "3 values"),
-        "text in a number": (_with_input(_body(two), "amount", data=["1", "x"]), {}, "not numbers"),
+        "text in a number": (_with_input(_body(two), "amount", data=["1", "x"]), {}, "must hold numbers, not str"),
         "number in a string": (_with_input(_body(two), "country", data=[1, 2]), {}, "must hold strings"),
         "batch sizes differ": (_with_input(_body(two), "amount", shape=[3, 1], data=[1, 2, 3]), {},
                                "every input needs the same batch size"),
         "NaN (JSON)": (json.dumps(_body({**two, "amount": nan})).encode(), {}, "malformed JSON"),
         "infinity (binary)": (*_binary(two, amount_raw=inf_blob), "input 'amount' contains infinity"),
-        "null in a number (JSON)": (_with_input(_body(two), "amount", data=[1.0, "null"]), {}, "not numbers"),
+        "null in a number (JSON)": (_with_input(_body(two), "amount", data=[1.0, "null"]), {}, "not str"),
         "binary size past the body": (_binary(two)[0][:-3], _binary(two)[1], "claims"),
         "bad header length": (_binary(two)[0], {"Inference-Header-Content-Length": "10x"}, "expected an integer"),
         "batch above the limit": (_body(rows(257)), {}, "above this server's limit of 256"),
@@ -150,7 +157,7 @@ def test_missing_values_are_inputs_of_a_lakeloop_model(server, model_file, binar
     answer = httpx.post(f"{server.url}/v2/models/fraud/infer", content=content, headers={**AUTH, **headers})
     assert answer.status_code == 200, answer.text
     served = next(o for o in answer.json()["outputs"] if o["name"] == "probability")
-    expected = ort.InferenceSession(str(model_file)).run(["probability"], batch)[0].ravel()
+    expected = answer_of(model_file, batch).ravel()
     np.testing.assert_allclose(served["data"], expected, rtol=1e-6)
     assert np.isfinite(expected).all()
 

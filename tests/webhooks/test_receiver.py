@@ -80,6 +80,10 @@ def test_auth_and_bad_bodies(hooks):
     assert no_project.status_code == 400 and "'project'" in no_project.json()["error"]
     bad_project = httpx.post(f"{url}/hooks/retrain", json={"reason": "x", "project": "Bad Name!"}, headers=auth)
     assert bad_project.status_code == 400 and "'Bad Name!'" in bad_project.json()["error"]
+    huge = httpx.post(f"{url}/hooks/retrain", content=b" " * (2 * 1024 * 1024), headers=auth)
+    assert huge.status_code == 413 and "larger than 1,048,576 bytes" in huge.json()["error"]
+    big_head = httpx.get(f"{url}/healthz", headers={"x-big": "a" * 1024 * 1024})
+    assert big_head.status_code == 431
     assert httpx.get(f"{url}/healthz").status_code == 200
 
 

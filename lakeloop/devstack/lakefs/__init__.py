@@ -20,8 +20,11 @@ def serve(data_dir: str, port: int, access_key_id: str, secret_access_key: str,
     """Run the server in the foreground until interrupted."""
     import uvicorn
 
+    from lakeloop._uvicorn import options
+
     app = create_app(data_dir, access_key_id, secret_access_key)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # as lakeFS: Go's net/http default bound on a request head (1 MB, plus the 4 KiB it allows over)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, **options(1024 * 1024 + 4096))
 
 
 def start_process(data_dir: Path, access_key_id: str, secret_access_key: str, port: int | None = None,
