@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 STATE  ?= .lakeloop
 
-.PHONY: run test test-all lint bench bench-tools up down status clean install proto
+.PHONY: run test test-all lint bench bench-tools kserve up down status clean install proto
 
 install: $(STAMP)
 
@@ -46,14 +46,19 @@ bench: $(STAMP) bench-tools
 	$(PY) benchmarks/gpu_train.py
 
 # wrk and h2load (Debian packages) drive the serving benchmark; KServe and Evidently get venvs of their own
-# (KServe's pins clash with prefect's; Evidently 0.7 needs pandas < 3).
-bench-tools:
+# (KServe 0.21 pins pandas < 3 and psutil < 6, below lakeloop's; Evidently 0.7 needs pandas < 3).
+bench-tools: kserve
 	command -v wrk >/dev/null && command -v h2load >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq wrk nghttp2-client)
-	test -x .venv-kserve/bin/python || ($(PYTHON) -m venv .venv-kserve && \
-		.venv-kserve/bin/pip install --quiet "kserve==0.21.0" "onnxruntime>=1.32")
 	test -x .venv-evidently/bin/python || ($(PYTHON) -m venv .venv-evidently && \
 		.venv-evidently/bin/pip install --quiet "evidently==0.7.23" "pandas<3" pyarrow)
+
+kserve: .venv-kserve/.installed  ## KServe 0.21 in a venv of its own: the serving benchmark's rival, and its clients' test
+
+.venv-kserve/.installed:
+	$(PYTHON) -m venv .venv-kserve
+	.venv-kserve/bin/pip install --quiet "kserve==0.21.0" "onnxruntime>=1.32"
+	touch $@
 
 up: $(STAMP)
 	$(VENV)/bin/lakeloop dev up --state-dir $(STATE)

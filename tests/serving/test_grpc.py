@@ -3,6 +3,8 @@ unchanged), the same answers, checks, auth and metrics as over HTTP."""
 
 from __future__ import annotations
 
+import subprocess
+
 import grpc
 import httpx
 import numpy as np
@@ -162,6 +164,43 @@ def test_wrong_datatype_and_auth(servers):
     with pytest.raises(InferenceServerException) as info:
         client.infer("nothing", inputs_of(batch, DATATYPES), headers=AUTH)
     assert info.value.status() == "StatusCode.NOT_FOUND" and "unknown model 'nothing'" in info.value.message()
+
+
+@pytest.fixture(scope="session")
+def kserve_python() -> str:
+    """KServe's own venv (`make kserve`, built here on first use: KServe cannot install beside lakeloop)."""
+    built = subprocess.run(["make", "-C", str(ROOT), "kserve"], capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, f"`make kserve` failed:\n{built.stdout}{built.stderr}"
+    return str(ROOT / ".venv-kserve" / "bin" / "python")
+
+
+def _kserve_clients(python: str, address: str, url: str, key: str, batch: dict, tmp) -> subprocess.CompletedProcess:
+    np.savez(tmp / "in.npz", **batch)
+    return subprocess.run([python, str(ROOT / "tests" / "serving" / "_kserve_client.py"), address, url, "tensors",
+                           key, str(tmp / "in.npz"), str(tmp / "out.npz")], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow  # builds KServe's venv on a fresh clone (a few minutes)
+def test_kserves_own_grpc_and_rest_clients_work_unchanged(servers, kserve_python, tmp_path):
+    """KServe's InferenceGRPCClient and InferenceRESTClient, from KServe 0.21 itself: probes, then every
+    datatype as binary tensors over both protocols; a wrong key is refused to them as well."""
+    http, address = servers["tensors"]
+    batch = batch_of(5, seed=4)
+    done = _kserve_clients(kserve_python, address, http.url, KEY, batch, tmp_path)
+    assert done.returncode == 0, done.stderr
+    with np.load(tmp_path / "out.npz", allow_pickle=True) as got:
+        assert list(got["probes"]) == [True] * 6  # live, ready, model ready: gRPC, then REST
+        for protocol in ("grpc", "rest"):
+            for name, want in expected_of(batch).items():
+                array = got[f"{protocol}/{name}"]
+                if want.dtype == object:
+                    assert [v.decode() if isinstance(v, bytes) else v for v in array.ravel()] == list(want.ravel())
+                else:
+                    assert array.dtype == want.dtype and array.shape == want.shape, (protocol, name)
+                    np.testing.assert_allclose(array.astype(np.float64), want.astype(np.float64), rtol=1e-5,
+                                               atol=1e-5)
+    refused = _kserve_clients(kserve_python, address, http.url, "wrong", batch, tmp_path)
+    assert refused.returncode == 1 and "missing or invalid API key" in refused.stderr
 
 
 def _input(name: str, array: np.ndarray, datatype: str) -> triton.InferInput:
