@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import httpx
 import numpy as np
@@ -68,6 +69,19 @@ def expected_of(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "not_flag": ~batch["flag"], "half_doubled": batch["half"] + batch["half"], "word_again": batch["word"]}
 
 
+def assert_outputs(got: Callable[[str], np.ndarray], batch: dict[str, np.ndarray]) -> None:
+    """Every output of the tensors model as `expected_of` says: strings as text, numbers in their datatype
+    and shape (`got`: an output's array by name, as a client returned it)."""
+    for name, expected in expected_of(batch).items():
+        array = got(name)
+        assert array.shape == expected.shape, name
+        if expected.dtype == object:
+            assert [v.decode() if isinstance(v, bytes) else v for v in array.ravel()] == list(expected.ravel()), name
+        else:
+            assert array.dtype == expected.dtype, name
+            np.testing.assert_allclose(array.astype(np.float64), expected.astype(np.float64), rtol=1e-5, atol=1e-5)
+
+
 DATATYPES = {"x": "FP32", "image": "FP32", "count": "INT64", "pixels": "UINT8", "flag": "BOOL", "half": "FP16",
              "word": "BYTES"}
 
@@ -112,14 +126,7 @@ def test_tritonclient_gets_every_output_of_every_datatype(server, binary):
     batch = batch_of(5, seed=1)
     outputs = [triton.InferRequestedOutput(name, binary_data=binary) for name in expected_of(batch)]
     result = client.infer("tensors", triton_inputs(batch, binary), outputs=outputs, headers=dict(AUTH))
-    for name, expected in expected_of(batch).items():
-        got = result.as_numpy(name)
-        assert got.shape == expected.shape, name
-        if expected.dtype == object:
-            assert [v.decode() if isinstance(v, bytes) else v for v in got.ravel()] == list(expected.ravel())
-        else:
-            assert got.dtype == expected.dtype, name
-            np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64), rtol=1e-5, atol=1e-5)
+    assert_outputs(result.as_numpy, batch)
 
 
 def test_requested_outputs_each_binary_or_json_and_classification(server):

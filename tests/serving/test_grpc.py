@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from lakeloop.devstack import _proc
 from tests.serving.conftest import ROOT, answer_of, lakeloop_serve, rows
-from tests.serving.test_any_onnx_model import DATATYPES, batch_of, expected_of, tensors_model
+from tests.serving.test_any_onnx_model import DATATYPES, assert_outputs, batch_of, expected_of, tensors_model
 
 KEY = "grpc-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
@@ -75,13 +75,7 @@ def test_every_datatype_and_requested_outputs(servers):
     expected = expected_of(batch)
     outputs = [triton.InferRequestedOutput(n) for n in expected]
     result = client.infer("tensors", inputs_of(batch, DATATYPES), outputs=outputs, headers=AUTH)
-    for name, want in expected.items():
-        got = result.as_numpy(name)
-        if want.dtype == object:
-            assert [v.decode() for v in got.ravel()] == list(want.ravel())
-        else:
-            assert got.dtype == want.dtype and got.shape == want.shape, name
-            np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=1e-5, atol=1e-5)
+    assert_outputs(result.as_numpy, batch)
     top = client.infer("tensors", inputs_of(batch, DATATYPES), headers=AUTH,
                        outputs=[triton.InferRequestedOutput("scores", class_count=1)])
     assert [int(v.decode().split(":")[1]) for v in top.as_numpy("scores").ravel()] == list(
@@ -191,14 +185,7 @@ def test_kserves_own_grpc_and_rest_clients_work_unchanged(servers, kserve_python
     with np.load(tmp_path / "out.npz", allow_pickle=True) as got:
         assert list(got["probes"]) == [True] * 6  # live, ready, model ready: gRPC, then REST
         for protocol in ("grpc", "rest"):
-            for name, want in expected_of(batch).items():
-                array = got[f"{protocol}/{name}"]
-                if want.dtype == object:
-                    assert [v.decode() if isinstance(v, bytes) else v for v in array.ravel()] == list(want.ravel())
-                else:
-                    assert array.dtype == want.dtype and array.shape == want.shape, (protocol, name)
-                    np.testing.assert_allclose(array.astype(np.float64), want.astype(np.float64), rtol=1e-5,
-                                               atol=1e-5)
+            assert_outputs(lambda name, protocol=protocol: got[f"{protocol}/{name}"], batch)
     refused = _kserve_clients(kserve_python, address, http.url, "wrong", batch, tmp_path)
     assert refused.returncode == 1 and "missing or invalid API key" in refused.stderr
 
