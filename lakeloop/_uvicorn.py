@@ -7,6 +7,10 @@ and hold the connection forever. `BoundedHttpTools` answers 431 when the head pa
 `max_header_bytes` and 408 when it is not complete within `header_timeout` seconds of the
 connection (or of the request's first byte), then closes the connection. The app bounds the body
 itself (size and time), since only it knows what a body may be.
+
+It also tells the app how many requests the server is handling: `scope["extensions"]["lakeloop.requests"]`
+is the server's set of request tasks (this one included, and those whose head has arrived but whose
+app has not started yet), so a model server can tell a request that is alone from one with company.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEADER_BYTES = 16 * 1024  # what h11 and most proxies allow
 HEADER_TIMEOUT_S = 10.0
+REQUESTS = "lakeloop.requests"  # the scope extension holding the server's request tasks
 
 
 class _HeadRefused(Exception):
@@ -66,6 +71,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope["extensions"] = {REQUESTS: self.tasks}
         self._head_bytes = 0
         self._arm()
 

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 
 from lakeloop import __version__
+from lakeloop._uvicorn import REQUESTS
 from lakeloop.errors import LakeloopError
 from lakeloop.serving import _protocol as v2
 from lakeloop.serving._model import LoadedModel
@@ -118,7 +119,9 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
                           503)
         return wrong_version(served, version) or _json(model.metadata())
 
-    def infer(headers: dict, body: bytes, version: str | None, served: ServedModel) -> Answer:
+    def infer(headers: dict, body: bytes, version: str | None, served: ServedModel, alone: bool = False) -> Answer:
+        """`alone`: no other request is in the server, so the batcher (if on and not waiting) has nobody to
+        merge this one with: it runs at once, saving the event-loop turn a queue costs."""
         model = served.model  # read once: a swap during this request does not affect it
         name = served.name
         if model is None:
@@ -129,7 +132,7 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
         try:
             split = headers.get(b"inference-header-content-length")
             request = v2.parse(body, split.decode("latin-1") if split else None, model.inputs, server.limits)
-            if batcher is not None:
+            if batcher is not None and not (alone and batcher.immediate):
                 return infer_batched(name, model, request, log_it)
             outputs = server.infer(name, model, request, log_it)
         except Exception as exc:
@@ -301,6 +304,11 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
         finally:
             timer.cancel()
 
+    def alone(scope: dict) -> bool:
+        """The only request in the server (known when it runs on lakeloop's uvicorn protocol)."""
+        requests = scope.get("extensions", {}).get(REQUESTS)
+        return requests is not None and len(requests) <= 1
+
     async def app(scope: dict, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
@@ -323,7 +331,8 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
                 if isinstance(body, Answer):
                     answer = body
                 else:
-                    answer = handler(headers, body, version, served)
+                    answer = (infer(headers, body, version, served, alone(scope)) if handler is infer else
+                              handler(headers, body, version, served))
                     if not isinstance(answer, Answer):
                         answer = await answer
             if handler is infer:

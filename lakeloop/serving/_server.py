@@ -67,7 +67,7 @@ class ServedModel:
                 return {"version": current, "swapped": False}
             if target in self.refused and not force:
                 raise ServingError(f"{self.name} v{target} was refused earlier ({self.refused[target]}); still "
-                                   f"serving v{current}")
+                                   f"serving {f'v{current}' if current else 'nothing'}")
             started = time.perf_counter()
             try:
                 candidate = self._prepare(target)
@@ -228,6 +228,8 @@ class ModelServer:
         """
         check_outputs(request.outputs, model.outputs)
         outputs = model.run(request.inputs)
+        if self.batcher is not None:  # batching is on, and this request had nobody to be merged with
+            self.batcher.ran_alone()
         if log_it:
             self.record(name, model, request, outputs)
         return outputs

@@ -11,6 +11,8 @@ import time
 import httpx
 import numpy as np
 import onnx
+import onnx.numpy_helper
+import onnxruntime as ort
 import pyarrow.dataset as ds
 import pytest
 import tritonclient.grpc as triton_grpc
@@ -139,3 +141,44 @@ def test_models_that_cannot_be_merged_exactly_run_alone(tmp_path):
             assert answer.status_code == 200, answer.text
             assert answer.json()["outputs"][0]["data"] == [sum(range(n)), sum(range(n, 2 * n))]
         assert counters(served.url)["lakeloop_batcher_requests_total"] == len(lengths)
+
+
+def slow_model(path, width: int = 1024, layers: int = 24) -> None:
+    """x [N, width] through `layers` MatMuls with one shared weight: a call of tens of milliseconds."""
+    value = helper.make_tensor_value_info
+    weight = (np.random.default_rng(0).standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]) for i in range(layers)]
+    nodes[0].input[0], nodes[-1].output[0] = "x", "y"
+    graph = helper.make_graph(nodes, "slow", [value("x", TensorProto.FLOAT, ["batch", width])],
+                              [value("y", TensorProto.FLOAT, ["batch", width])],
+                              [onnx.numpy_helper.from_array(weight, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), path)
+
+
+def test_without_a_wait_a_lone_request_runs_alone_and_requests_arriving_meanwhile_are_merged(tmp_path):
+    """The default (--max-batch-delay-us 0): a request alone in the server runs at once, and those whose
+    bytes arrive while the model is busy with it wait in the queue and run as one call after it."""
+    slow_model(tmp_path / "slow.onnx")
+    with lakeloop_serve(["--onnx", str(tmp_path / "slow.onnx"), "--name", "fraud", "--workers", "1",
+                         "--api-key", KEY, "--no-inference-logs"], tmp_path) as served:
+        rng = np.random.default_rng(1)
+        inputs = [rng.standard_normal((1, 1024)).astype(np.float32) for _ in range(12)]
+        bodies = [json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1024],
+                                          "data": x.ravel().tolist()}]}).encode() for x in inputs]
+        before = counters(served.url)
+        for body in bodies[:3]:  # one client, one request at a time: each alone
+            assert httpx.post(f"{served.url}/v2/models/fraud/infer", content=body, headers=AUTH,
+                              timeout=30).status_code == 200
+        alone = counters(served.url)
+        assert alone["lakeloop_batcher_calls_total"] - before["lakeloop_batcher_calls_total"] == 3
+        assert alone["lakeloop_batcher_requests_total"] - before["lakeloop_batcher_requests_total"] == 3
+        answers = asyncio.run(concurrently(served.url, bodies))
+        after = counters(served.url)
+        session = ort.InferenceSession(str(tmp_path / "slow.onnx"), providers=["CPUExecutionProvider"])
+        for answer, x in zip(answers, inputs, strict=True):
+            assert answer.status_code == 200, answer.text
+            np.testing.assert_allclose(np.asarray(answer.json()["outputs"][0]["data"], np.float32),
+                                       session.run(None, {"x": x})[0].ravel(), rtol=1e-4, atol=1e-5)
+        calls = after["lakeloop_batcher_calls_total"] - alone["lakeloop_batcher_calls_total"]
+        assert after["lakeloop_batcher_requests_total"] - alone["lakeloop_batcher_requests_total"] == 12
+        assert calls < 12, f"12 concurrent requests to a busy model took {calls:g} calls: none was merged"
