@@ -418,6 +418,7 @@ def throughput(args, work: Path, stack: Stack, registry: Registry, model_dir: Pa
                           flush=True)
             footprint[spec.name] = {"start_s": round(running.start_s, 2), "rss_mb": round(running.rss_mb(), 1)}
             if spec is lakeloop:
+                footprint[spec.name]["log"] = log_counts(running.url, key)
                 stack.retire_grpc_key()
                 (work / "floor-answers.json").write_text(json.dumps(answers))
     return runs, footprint
@@ -496,6 +497,17 @@ def swap(args, work: Path, stack: Stack, registry: Registry, model_dir: Path, bo
                  f"(try a longer --swap-duration)")
     return {**result, "timeline": timeline, "refused": outcomes.get("refused", 0),
             "swapped": outcomes.get("swapped", 0)}
+
+
+def log_counts(url: str, key: str) -> dict[str, int]:
+    """Rows scored, and the inference log's rows written and dropped, read from /metrics."""
+    metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10).text
+
+    def total(name: str) -> int:
+        return sum(int(float(n)) for n in re.findall(rf"^{name}(?:{{[^}}]*}})? ([\d.e+]+)$", metrics, re.M))
+
+    return {"scored": total("lakeloop_inference_rows_total"), "written": total("lakeloop_inference_log_written_rows"),
+            "dropped": total("lakeloop_inference_log_dropped_rows")}
 
 
 def swap_outcomes(url: str, key: str) -> dict[str, int]:
@@ -597,6 +609,11 @@ def print_ratios(rows: list[dict], footprint: dict) -> None:
     print("\nstart-up (process start to ready) and resident memory, one worker:")
     for name, f in footprint.items():
         print(f"  {name:<20} {f['start_s']:6.2f} s  {f['rss_mb']:7.1f} MB")
+    for name, f in footprint.items():
+        if "log" in f:  # logging that fell behind and shed rows would flatter the figures above
+            log = f["log"]
+            print(f"{name}'s inference log: {log['scored']:,} rows scored, {log['written']:,} written, "
+                  f"{log['dropped']:,} dropped (the rest still pending when counted)")
     print("\ntargets missed:" if missed else "\nevery throughput target met")
     for line in missed:
         print(f"  {line}")
