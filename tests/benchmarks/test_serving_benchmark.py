@@ -29,6 +29,8 @@ def test_serving_benchmark_runs_and_the_swap_test_sees_every_answer():
     assert all(row["non_2xx"] == 0 and row["socket_errors"] == 0 and row["requests"] > 0 for row in runs)
     assert {"lakeloop", "floor"} <= set(report["footprint"])
     assert all(f["rss_mb"] > 0 and f["start_s"] > 0 for f in report["footprint"].values())
+    log = report["footprint"]["lakeloop"]["log"]  # production settings: every scored row logged, none shed
+    assert log["scored"] > 0 and log["dropped"] == 0 and log["written"] <= log["scored"], log
     batching = report["batching"]
     assert len(batching) == 3 and all(row["non_2xx"] == 0 and row["requests"] > 0 for row in batching)
     swap = report["swap"]
