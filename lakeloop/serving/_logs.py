@@ -256,7 +256,9 @@ class InferenceLogger:
     against the same server with logging off: strings kept as Python objects and converted by the
     writer cost 33% of the throughput once the writer was given enough CPU to drop nothing;
     dictionary-encoded on the request path, 19%, and memory at the end of the run 283 MB instead of
-    483 MB (150 MB with logging off).
+    483 MB (150 MB with logging off). A second writer thread that took over at nice 10 only when
+    the nice-19 one fell behind was tried and dropped: it waited on the starved thread's lock and
+    still shed 12% of the rows.
     """
 
     def __init__(self, sink: LakeFSSink | DirectorySink, interval: float = 10.0, max_rows: int = 500_000,
@@ -275,6 +277,7 @@ class InferenceLogger:
         self._write = threading.Lock()  # the writer thread vs close()/flush() callers
         self._stop = threading.Event()
         self._flush_now = threading.Event()
+        self._retry_at = 0.0  # after a failed write, no new try before then (no retry storm while lakeFS is down)
         self._thread = threading.Thread(target=self._loop, name="inference-log-writer", daemon=True)
 
     def start(self) -> None:
@@ -326,7 +329,8 @@ class InferenceLogger:
                 pq.write_table(table, buffer, compression="zstd")
                 try:
                     where = self.sink.write(key[0], parts[-1][1], buffer.getvalue(), table.num_rows, key[1])
-                except Exception as exc:  # keep the rows for the next tick; never let the thread die
+                except Exception as exc:  # keep the rows for a later try; never let the thread die
+                    self._retry_at = time.monotonic() + min(self.interval, 5.0)
                     log.warning("inference logs: could not write %d rows to %s (%s); retrying later",
                                 table.num_rows, self.sink.describe(), exc)
                     continue
@@ -347,7 +351,9 @@ class InferenceLogger:
             try:  # the writer must outlive any one bad batch, or logging would stop for good
                 with self._write:
                     self._convert()
-                if self._flush_now.is_set() or time.monotonic() >= next_write or self._converted_rows >= self.max_rows:
+                now = time.monotonic()
+                if self._flush_now.is_set() or (now >= self._retry_at and (now >= next_write or
+                                                                           self._converted_rows >= self.max_rows)):
                     self._flush_now.clear()
                     self.flush()
                     next_write = time.monotonic() + self.interval

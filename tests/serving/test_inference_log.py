@@ -4,6 +4,8 @@ segment boundaries and conversions."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -41,3 +43,59 @@ def test_recorded_rows_come_back_exactly(tmp_path):
     for k in range(3):
         np.testing.assert_array_equal(np.asarray(got[f"output_scores_{k}"], np.float32), scores[:, k])
     assert set(got["model_version"]) == {"1"}
+
+
+class FlakySink(DirectorySink):
+    """A directory that refuses writes until `until` (a sink whose lakeFS is down for a while)."""
+
+    def __init__(self, root, until: float) -> None:
+        super().__init__(root)
+        self.until, self.attempts = until, 0
+
+    def write(self, model, at, payload, rows, versions):
+        self.attempts += 1
+        if time.monotonic() < self.until:
+            raise ConnectionError("lakeFS is down")
+        return super().write(model, at, payload, rows, versions)
+
+
+def one_row(logger: InferenceLogger, value: float) -> None:
+    logger.record("m", "1", 1, {"x": np.array([[value]], np.float32), "s": np.array([["a"]], object)},
+                  {"y": np.array([value], np.float32)})
+
+
+def logged(root) -> list[float]:
+    files = [str(p) for p in root.rglob("*.parquet")]
+    return sorted(ds.dataset(files).to_table()["x"].to_pylist()) if files else []
+
+
+def test_rows_wait_for_a_failing_sink_without_a_retry_storm(tmp_path):
+    sink = FlakySink(tmp_path, until=time.monotonic() + 1.5)
+    logger = InferenceLogger(sink, interval=0.3, max_rows=5)  # more than max_rows waiting: written at once
+    logger.start()
+    try:
+        for i in range(20):
+            one_row(logger, float(i))
+        deadline = time.monotonic() + 15
+        while len(logged(tmp_path)) < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert logged(tmp_path) == [float(i) for i in range(20)] and logger.dropped_rows == 0
+        # while it was down: a try every interval (0.3 s) or so, not one every 50 ms tick or every record
+        assert sink.attempts <= 12, sink.attempts
+    finally:
+        logger.close()
+
+
+def test_rows_beyond_max_rows_are_written_without_waiting_for_the_interval(tmp_path):
+    logger = InferenceLogger(DirectorySink(tmp_path), interval=3600, max_rows=100)
+    logger.start()
+    try:
+        for i in range(250):
+            one_row(logger, float(i))
+        deadline = time.monotonic() + 15
+        while len(logged(tmp_path)) < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(logged(tmp_path)) >= 200  # the rest may wait for the interval (an hour)
+    finally:
+        logger.close()
+    assert logged(tmp_path) == [float(i) for i in range(250)]  # close() writes what is left
