@@ -69,6 +69,13 @@ def logged(root) -> list[float]:
     return sorted(ds.dataset(files).to_table()["x"].to_pylist()) if files else []
 
 
+def wait_for_rows(root, count: int, seconds: float = 15) -> list[float]:
+    deadline = time.monotonic() + seconds
+    while len(found := logged(root)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 def test_rows_wait_for_a_failing_sink_without_a_retry_storm(tmp_path):
     sink = FlakySink(tmp_path, until=time.monotonic() + 1.5)
     logger = InferenceLogger(sink, interval=0.3, max_rows=5)  # more than max_rows waiting: written at once
@@ -76,10 +83,7 @@ def test_rows_wait_for_a_failing_sink_without_a_retry_storm(tmp_path):
     try:
         for i in range(20):
             one_row(logger, float(i))
-        deadline = time.monotonic() + 15
-        while len(logged(tmp_path)) < 20 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert logged(tmp_path) == [float(i) for i in range(20)] and logger.dropped_rows == 0
+        assert wait_for_rows(tmp_path, 20) == [float(i) for i in range(20)] and logger.dropped_rows == 0
         # while it was down: a try every interval (0.3 s) or so, not one every 50 ms tick or every record
         assert sink.attempts <= 12, sink.attempts
     finally:
@@ -92,10 +96,7 @@ def test_rows_beyond_max_rows_are_written_without_waiting_for_the_interval(tmp_p
     try:
         for i in range(250):
             one_row(logger, float(i))
-        deadline = time.monotonic() + 15
-        while len(logged(tmp_path)) < 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(logged(tmp_path)) >= 200  # the rest may wait for the interval (an hour)
+        assert len(wait_for_rows(tmp_path, 200)) >= 200  # the rest may wait for the interval (an hour)
     finally:
         logger.close()
     assert logged(tmp_path) == [float(i) for i in range(250)]  # close() writes what is left
