@@ -13,6 +13,7 @@ broken versions (tampered with, NaN on a smoke row): it must see zero failed req
 from a broken version.
 
 Usage: python benchmarks/serving.py [--duration 10] [--swap-duration 60] [--part all|throughput|batching|swap]
+       [--idle-latency-us 0]  (hold CPUs out of deep idle states for the run: root only)
 Needs wrk and h2load (apt-get install wrk nghttp2-client); KServe runs from .venv-kserve (`make
 bench-tools` builds it); without that venv KServe is skipped with a note.
 """
@@ -516,6 +517,26 @@ def swap_outcomes(url: str, key: str) -> dict[str, int]:
     return {o: int(n) for o, n in re.findall(r'swaps_total\{model="fraud",outcome="(\w+)"\} (\d+)', metrics)}
 
 
+@contextmanager
+def idle_latency(microseconds: int | None) -> Iterator[None]:
+    """With a value, every CPU keeps to idle states that wake within it while the run lasts (the
+    kernel's PM QoS request, dropped when the file is closed). On a virtual machine an idle vCPU
+    halts and the host may run other work on it: the next request then finds its caches cold."""
+    if microseconds is None:
+        yield
+        return
+    try:
+        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    except OSError as exc:
+        sys.exit(f"--idle-latency-us needs /dev/cpu_dma_latency writable (root): {exc.strerror}")
+    try:
+        os.write(fd, microseconds.to_bytes(4, sys.byteorder, signed=True))
+        print(f"CPU idle wake-up latency held at {microseconds} us for this run")
+        yield
+    finally:
+        os.close(fd)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10, help="Seconds per load run.")
@@ -524,6 +545,10 @@ def main() -> None:
     parser.add_argument("--batch-delay-us", type=int, default=2000, help="lakeloop's --max-batch-delay-us in the "
                         "batching part, besides 0 (no wait: what arrived together is merged).")
     parser.add_argument("--part", choices=["all", "throughput", "batching", "swap"], default="all")
+    parser.add_argument("--idle-latency-us", type=int, default=None,
+                        help="Hold the machine's CPU idle wake-up latency at this many microseconds for the run "
+                             "(/dev/cpu_dma_latency, root only; 0: CPUs poll instead of halting, as tuned's "
+                             "latency-performance profile does). Default: the machine's own idle policy.")
     args = parser.parse_args()
     for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client")):
         if not shutil.which(tool):
@@ -531,7 +556,7 @@ def main() -> None:
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs 2 CPUs: the servers on CPU 0, the load generator on CPU 1")
     with tempfile.TemporaryDirectory(prefix="lakeloop-serve-bench-") as tmp, \
-            embedded_stack(Path(tmp) / "stack") as stack:
+            idle_latency(args.idle_latency_us), embedded_stack(Path(tmp) / "stack") as stack:
         work = Path(tmp)
         model_dir = work / "model"
         model_dir.mkdir()
@@ -551,7 +576,7 @@ def main() -> None:
         scripts = work
         (scripts / "plain.lua").write_text(WRK_SCRIPT)
         (scripts / "count.lua").write_text(WRK_COUNT_SCRIPT)
-        report: dict = {"duration_s": args.duration}
+        report: dict = {"duration_s": args.duration, "idle_latency_us": args.idle_latency_us}
         if args.part in ("all", "throughput"):
             print(f"throughput: load on CPU {CLIENT_CPU}, servers on CPU {SERVER_CPU}, {args.duration:.0f} s per run")
             report["throughput"], report["footprint"] = throughput(args, work, stack, registry, model_dir, bodies,

@@ -4,6 +4,7 @@ encoding it speaks (checked by the benchmark before it times a server), the swap
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,10 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.skipif(shutil.which("wrk") is None or shutil.which("h2load") is None,
                     reason="needs wrk and h2load (.ci/run and `make bench-tools` install them)")
 def test_serving_benchmark_runs_and_the_swap_test_sees_every_answer():
+    # the idle-latency knob needs root (/dev/cpu_dma_latency): exercised wherever it can be
+    idle = ["--idle-latency-us", "0"] if os.access("/dev/cpu_dma_latency", os.W_OK) else []
     result = subprocess.run([sys.executable, "benchmarks/serving.py", "--duration", "1", "--swap-duration", "12",
-                             "--connections", "1"], cwd=ROOT, capture_output=True, text=True, timeout=420)
+                             "--connections", "1", *idle], cwd=ROOT, capture_output=True, text=True, timeout=420)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((ROOT / "benchmarks" / "out" / "serving.json").read_text())
+    assert report["idle_latency_us"] == (0 if idle else None)
+    assert ("CPU idle wake-up latency held at 0 us" in result.stdout) == bool(idle)
     runs = report["throughput"]
     assert {"lakeloop", "floor", "naive FastAPI+torch"} <= {row["server"] for row in runs}
     cases = {(row["encoding"], row["batch"]) for row in runs if row["server"] == "lakeloop"}
