@@ -500,9 +500,14 @@ def swap(args, work: Path, stack: Stack, registry: Registry, model_dir: Path, bo
             "swapped": outcomes.get("swapped", 0)}
 
 
+def metrics_of(url: str, key: str) -> str:
+    """The server's /metrics text."""
+    return httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10).text
+
+
 def log_counts(url: str, key: str) -> dict[str, int]:
     """Rows scored, and the inference log's rows written and dropped, read from /metrics."""
-    metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10).text
+    metrics = metrics_of(url, key)
 
     def total(name: str) -> int:
         return sum(int(float(n)) for n in re.findall(rf"^{name}(?:{{[^}}]*}})? ([\d.e+]+)$", metrics, re.M))
@@ -513,8 +518,8 @@ def log_counts(url: str, key: str) -> dict[str, int]:
 
 def swap_outcomes(url: str, key: str) -> dict[str, int]:
     """The server's swap counters by outcome (swapped, refused), read from /metrics."""
-    metrics = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10).text
-    return {o: int(n) for o, n in re.findall(r'swaps_total\{model="fraud",outcome="(\w+)"\} (\d+)', metrics)}
+    return {o: int(n) for o, n in re.findall(r'swaps_total\{model="fraud",outcome="(\w+)"\} (\d+)',
+                                             metrics_of(url, key))}
 
 
 @contextmanager

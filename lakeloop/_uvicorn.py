@@ -39,6 +39,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, str] | None = None
+        self._extensions = {REQUESTS: self.tasks}  # the same for every request of the connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -71,7 +72,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.scope["extensions"] = {REQUESTS: self.tasks}
+        self.scope["extensions"] = self._extensions
         self._head_bytes = 0
         self._arm()
 

@@ -1,5 +1,5 @@
 """KServe's own clients — `InferenceGRPCClient` and `InferenceRESTClient` (V2) — against a lakeloop server,
-run by the Python of KServe's venv (`make bench-tools`): KServe's pins (pandas < 3, psutil < 6) clash
+run by the Python of KServe's venv (`make kserve`): KServe's pins (pandas < 3, psutil < 6) clash
 with lakeloop's, so it cannot install beside it.
 
 Usage: python tests/serving/_kserve_client.py GRPC_ADDRESS HTTP_URL MODEL KEY IN.npz OUT.npz
