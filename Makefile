@@ -7,7 +7,9 @@ STATE  ?= .lakeloop
 
 .PHONY: run test test-all lint bench bench-tools kserve up down status clean install proto
 
-install: $(STAMP)
+FRONT   = lakeloop/serving/.front-built
+
+install: $(STAMP) $(FRONT)
 
 # torch first, pinned to the CPU wheel: a looser torch requirement resolved by
 # another package would pull a multi-GB CUDA build.
@@ -18,14 +20,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-run: $(STAMP)  ## start the embedded stack, run the whole loop through its triggers, stop the stack
+# the model server's compiled HTTP front, rebuilt in place when its source changes (pip built it once)
+$(FRONT): lakeloop/serving/_front.c $(STAMP)
+	$(PY) setup.py --quiet build_ext --inplace
+	touch $(FRONT)
+
+run: $(STAMP) $(FRONT)  ## start the embedded stack, run the whole loop through its triggers, stop the stack
 	$(VENV)/bin/lakeloop demo --project examples/fraud --state-dir $(STATE)
 
-test: $(STAMP)  ## the quick suite: everything but the tests marked slow (about 15 minutes on 2 cores)
+test: $(STAMP) $(FRONT)  ## the quick suite: everything but the tests marked slow (about 15 minutes on 2 cores)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -m "not slow" -q --durations=15
 
-test-all: $(STAMP)  ## every test, the end-to-end stacks included (what CI runs; about 35 minutes)
+test-all: $(STAMP) $(FRONT)  ## every test, the end-to-end stacks included (what CI runs; about 35 minutes)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --durations=15
 

@@ -373,7 +373,10 @@ def throughput(args, work: Path, stack: Stack, registry: Registry, model_dir: Pa
                                    registry.repository, "--cpus", SERVER_CPU, "--workers", "1", "--cache-dir",
                                    str(work / "cache"), "--log-repository", "bench-logs", "--poll-seconds", "1"],
                       ("json", "binary", "grpc"), stack.serve_env(), key)
-    servers = [lakeloop,
+    # the same server on uvicorn: what lakeloop's compiled HTTP front gains (gRPC is the same either way)
+    on_uvicorn = Server("lakeloop on uvicorn", [*lakeloop.command, "--cache-dir", str(work / "cache-uvicorn"),
+                                                "--http", "uvicorn"], ("json", "binary"), stack.serve_env(), key)
+    servers = [lakeloop, on_uvicorn,
                Server("floor", ["taskset", "-c", SERVER_CPU, sys.executable,
                                 str(ROOT / "benchmarks" / "_floor_server.py"), str(work / "floor-answers.json")],
                       ("json", "binary", "grpc"), {})]
@@ -614,7 +617,8 @@ def print_ratios(rows: list[dict], footprint: dict) -> None:
     """lakeloop's throughput against each other server's, case by case, and the issue's targets."""
     by = {(r["server"], r["encoding"], r["batch"], r["connections"]): r for r in rows}
     cases = sorted({k[1:] for k in by if k[0] == "lakeloop"})
-    others = [o for o in ("floor", "KServe", "naive FastAPI+torch") if any(k[0] == o for k in by)]
+    others = [o for o in ("floor", "KServe", "naive FastAPI+torch", "lakeloop on uvicorn")
+              if any(k[0] == o for k in by)]
     print("\nlakeloop per case: req/s, p50/p99 ms, and its throughput as a ratio of each other server's "
           "(p99 of the other in brackets)")
     print(f"  {'case':<24} {'req/s':>8} {'p50':>6} {'p99':>6}  " + "  ".join(f"{o[:14]:>20}" for o in others))

@@ -459,6 +459,8 @@ def serve(
     grpc_port: Annotated[int | None, typer.Option(help="Also serve V2 over gRPC (KServe's GRPCInferenceService) on "
                                                        "this port, e.g. 8081.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes; 0: one per CPU it may use.")] = 0,
+    http: Annotated[str, typer.Option(help="HTTP layer: 'lakeloop' (its compiled HTTP/1.1 front), 'uvicorn', or "
+                                           "'auto' (the front where it was built at install time).")] = "auto",
     cpus: Annotated[str | None, typer.Option(help="Pin to these CPUs, e.g. '0' or '0-3'.")] = None,
     max_batch: Annotated[int, typer.Option(min=1, help="Most rows one request (or one merged batch) may carry.")]
     = 1024,
@@ -532,7 +534,7 @@ def serve(
         settings = ServeSettings(
             name=name or (onnx.stem if onnx else ""), onnx=str(onnx) if onnx else None, models=model or [],
             all_models=all_models,
-            alias=alias, registry=registry, host=host, port=port, grpc_port=grpc_port, workers=workers,
+            alias=alias, registry=registry, host=host, port=port, grpc_port=grpc_port, workers=workers, http=http,
             cpus=_cpu_list(cpus),
             max_batch=max_batch, max_body_bytes=max_body_bytes, max_string_bytes=max_string_bytes,
             body_timeout=body_timeout, max_header_bytes=max_header_bytes, header_timeout=header_timeout,

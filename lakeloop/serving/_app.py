@@ -119,9 +119,11 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
                           503)
         return wrong_version(served, version) or _json(model.metadata())
 
-    def infer(headers: dict, body: bytes, version: str | None, served: ServedModel, alone: bool = False) -> Answer:
+    def infer(headers: dict, body: bytes, version: str | None, served: ServedModel, alone: bool = False,
+              reply: Callable[[Answer], None] | None = None) -> Answer | Awaitable[Answer] | None:
         """`alone`: no other request is in the server, so the batcher (if on and not waiting) has nobody to
-        merge this one with: it runs at once, saving the event-loop turn a queue costs."""
+        merge this one with: it runs at once, saving the event-loop turn a queue costs. With `reply`, a
+        batched request is answered through it (and None returned) instead of by an awaitable."""
         model = served.model  # read once: a swap during this request does not affect it
         name = served.name
         if model is None:
@@ -133,7 +135,12 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
             split = headers.get(b"inference-header-content-length")
             request = v2.parse(body, split.decode("latin-1") if split else None, model.inputs, server.limits)
             if batcher is not None and not (alone and batcher.immediate):
-                return infer_batched(name, model, request, log_it)
+                if reply is None:
+                    return infer_batched(name, model, request, log_it)
+                server.submit_batched(name, model, request, log_it, lambda result: reply(
+                    failed_now(name, model, result) if isinstance(result, BaseException) else
+                    answered(name, model, request, result)))
+                return None
             outputs = server.infer(name, model, request, log_it)
         except Exception as exc:
             return failed(name, model, exc)
@@ -149,6 +156,13 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
     def answered(name: str, model: LoadedModel, request: v2.InferRequest, outputs: dict) -> Answer:
         payload, extra = v2.response(name, model.version, request, outputs, model.labels)
         return Answer(200, payload, extra, request.rows)
+
+    def failed_now(name: str, model: LoadedModel, exc: BaseException) -> Answer:
+        """`failed` for an exception that is not being handled (a batch's, passed to its callback)."""
+        try:
+            raise exc
+        except Exception as raised:
+            return failed(name, model, raised)
 
     def failed(name: str, model: LoadedModel, exc: Exception) -> Answer:
         """Called while handling `exc`: a client error is a 400; anything else passed every check (a 500)."""
@@ -236,26 +250,34 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
             return not_allowed(method, path, allowed) if allowed else _error(f"no route {method} {path}", 404)
         return found[0], found[1], version, served
 
+    grpc_servers: list = []
+
+    async def startup() -> None:
+        """Load the models and start the background work (and the gRPC server): the lifespan's start."""
+        await asyncio.to_thread(server.start)
+        if grpc_address:
+            from lakeloop.serving import _grpc
+
+            grpc_servers.append(await _grpc.start(server, grpc_address))
+        _tune_interpreter()
+
+    async def shutdown() -> None:
+        for grpc_server in grpc_servers:
+            await grpc_server.stop(5)
+        await asyncio.to_thread(server.close)
+
     async def lifespan(receive: Receive, send: Send) -> None:
-        grpc_server = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await asyncio.to_thread(server.start)
-                    if grpc_address:
-                        from lakeloop.serving import _grpc
-
-                        grpc_server = await _grpc.start(server, grpc_address)
+                    await startup()
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
-                _tune_interpreter()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if grpc_server is not None:
-                    await grpc_server.stop(5)
-                await asyncio.to_thread(server.close)
+                await shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -309,6 +331,21 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
         requests = scope.get("extensions", {}).get(REQUESTS)
         return requests is not None and len(requests) <= 1
 
+    def admit(method: str, path: str, headers: dict):
+        """The route of a request whose head has arrived, or the Answer refusing it (unknown path, wrong
+        method, no API key): decided before a byte of the body is read."""
+        routed = route(method, path)
+        if isinstance(routed, Answer):
+            return routed
+        if routed[1] and not server.authorized((headers.get(b"authorization") or b"").decode("latin-1")):
+            return UNAUTHORIZED
+        return routed
+
+    def answer(routed: tuple, headers: dict, body: bytes, alone: bool) -> Answer | Awaitable[Answer]:
+        handler, _, version, served = routed
+        return (infer(headers, body, version, served, alone) if handler is infer else
+                handler(headers, body, version, served))
+
     async def app(scope: dict, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
@@ -316,29 +353,62 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
         if scope["type"] != "http":
             return
         started = time.perf_counter()
-        routed = route(scope["method"], scope["path"])
+        headers = dict(scope["headers"])
+        routed = admit(scope["method"], scope["path"], headers)
         if isinstance(routed, Answer):
-            answer = routed
+            reply = routed
         else:
-            handler, needs_key, version, served = routed
-            headers = dict(scope["headers"])
-            if needs_key and not server.authorized((headers.get(b"authorization") or b"").decode("latin-1")):
-                answer = UNAUTHORIZED
+            body = await read_body(headers, receive)
+            if body is None:  # the client went away: nobody to answer
+                return
+            if isinstance(body, Answer):
+                reply = body
             else:
-                body = await read_body(headers, receive)
-                if body is None:  # the client went away: nobody to answer
-                    return
-                if isinstance(body, Answer):
-                    answer = body
-                else:
-                    answer = (infer(headers, body, version, served, alone(scope)) if handler is infer else
-                              handler(headers, body, version, served))
-                    if not isinstance(answer, Answer):
-                        answer = await answer
-            if handler is infer:
-                metrics.observe(served.name, answer.status, time.perf_counter() - started, answer.rows)
-        await send({"type": "http.response.start", "status": answer.status,
-                    "headers": [*answer.headers, (b"content-length", str(len(answer.body)).encode())]})
-        await send({"type": "http.response.body", "body": answer.body})
+                reply = answer(routed, headers, body, alone(scope))
+                if not isinstance(reply, Answer):
+                    reply = await reply
+            if routed[0] is infer:
+                metrics.observe(routed[3].name, reply.status, time.perf_counter() - started, reply.rows)
+        await send({"type": "http.response.start", "status": reply.status,
+                    "headers": [*reply.headers, (b"content-length", str(len(reply.body)).encode())]})
+        await send({"type": "http.response.body", "body": reply.body})
 
+    # -- lakeloop's compiled HTTP front (lakeloop.serving._http) calls these instead of the ASGI app ----
+
+    pending: set[asyncio.Task] = set()
+
+    def handle(conn, method: str, path: str, headers: dict, body: bytes, alone: bool) -> None:
+        """A complete request from the front; answered now, through the batcher's callback, or by a task
+        when the answer must wait (a model load)."""
+        started = time.perf_counter()
+        routed = admit(method, path, headers)
+        if isinstance(routed, Answer):
+            conn.respond(routed.status, routed.body, routed.headers)
+            return
+        handler, _, version, served = routed
+
+        def respond(reply: Answer) -> None:
+            if handler is infer:
+                metrics.observe(served.name, reply.status, time.perf_counter() - started, reply.rows)
+            conn.respond(reply.status, reply.body, reply.headers)
+
+        reply = (infer(headers, body, version, served, alone, respond) if handler is infer else
+                 handler(headers, body, version, served))
+        if isinstance(reply, Answer):
+            respond(reply)
+        elif reply is not None:
+            task = asyncio.ensure_future(finish(reply, respond))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    async def finish(reply: Awaitable[Answer], respond: Callable[[Answer], None]) -> None:
+        respond(await reply)
+
+    def early(method: str, path: str, headers: dict) -> tuple | None:
+        """A request with a large or chunked body, before the body is read: None to read it, else the refusal."""
+        routed = admit(method, path, headers)
+        return (routed.status, routed.body, routed.headers) if isinstance(routed, Answer) else None
+
+    app.startup, app.shutdown, app.handle, app.early, app.pending, app.limits = (startup, shutdown, handle, early,
+                                                                                 pending, limits)
     return app

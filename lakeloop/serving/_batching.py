@@ -23,6 +23,7 @@ from lakeloop.serving._model import LoadedModel
 from lakeloop.serving._protocol import InferRequest
 
 Outputs = dict[str, np.ndarray]
+Done = Callable[[Outputs | BaseException], None]  # a request's outputs, or the failure of its call
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Batcher:
                  ) -> None:
         self.batching = batching
         self._record = record
-        self._queues: dict[str, list[tuple[LoadedModel, InferRequest, asyncio.Future, bool]]] = {}
+        self._queues: dict[str, list[tuple[LoadedModel, InferRequest, Done, bool]]] = {}
         self._rows: dict[str, int] = {}
         self._timers: dict[str, asyncio.Handle] = {}
         self.calls = self.requests = 0  # ORT calls made for how many requests (the merge ratio)
@@ -58,19 +59,24 @@ class Batcher:
         self.requests += 1
 
     async def run(self, name: str, model: LoadedModel, request: InferRequest, log_it: bool) -> Outputs:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future = asyncio.get_running_loop().create_future()
+        self.submit(name, model, request, log_it, lambda result: _settle(future, result))
+        return await future
+
+    def submit(self, name: str, model: LoadedModel, request: InferRequest, log_it: bool, done: Done) -> None:
+        """Queue the request; `done` gets its outputs (or the exception of its call) when its batch has run.
+        The callback form costs no task per request (lakeloop's HTTP front uses it; `run` wraps it)."""
         queue = self._queues.setdefault(name, [])
-        queue.append((model, request, future, log_it))
+        queue.append((model, request, done, log_it))
         self._rows[name] = self._rows.get(name, 0) + request.rows
         if self._rows[name] >= self.batching.preferred_batch:
             self._cancel_timer(name)
             self._flush(name)
         elif len(queue) == 1:
+            loop = asyncio.get_running_loop()
             delay = self.batching.max_delay_us / 1e6
             self._timers[name] = loop.call_later(delay, self._flush, name) if delay else loop.call_soon(
                 self._flush, name)
-        return await future
 
     def _cancel_timer(self, name: str) -> None:
         timer = self._timers.pop(name, None)
@@ -114,24 +120,27 @@ class Batcher:
                                       sum(r.rows for r in requests), None, False)
             outputs = model.run(merged.inputs)
         except Exception as exc:  # ORT's own failure: every request of the call gets it
-            for _, _, future, _ in group:
-                if not future.done():
-                    future.set_exception(exc)
+            for _, _, done, _ in group:
+                done(exc)
             return
         logged_whole = all(log_it for _, _, _, log_it in group)
         if logged_whole:  # one record for the whole call
             self._record(name, model, merged, outputs)
         start = 0
-        for _, request, future, log_it in group:
+        for _, request, done, log_it in group:
             end = start + request.rows
             mine = outputs if len(group) == 1 else {k: v[start:end] for k, v in outputs.items()}
             if log_it and not logged_whole:
                 self._record(name, model, request, mine)
-            self._answer(future, mine)
+            done(mine)
             start = end
 
-    @staticmethod
-    def _answer(future: asyncio.Future, outputs: Outputs) -> None:
-        if not future.done():  # the client may have gone away (its handler cancelled)
-            future.set_result(outputs)
+
+def _settle(future: asyncio.Future, result: Outputs | BaseException) -> None:
+    if future.done():  # the client may have gone away (its handler cancelled)
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 import uvicorn
 from pydantic import BaseModel, Field, SecretStr
@@ -22,6 +23,7 @@ from lakeloop.serving._server import ModelServer
 from lakeloop.serving._sources import FileSource, ModelSource, RegistrySource
 
 log = logging.getLogger("lakeloop.serving")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 SETTINGS_ENV = "LAKELOOP_SERVE_SETTINGS"  # how the parent hands settings to uvicorn's worker processes
 
 
@@ -39,6 +41,8 @@ class ServeSettings(BaseModel):
     port: int = Field(8080, ge=0, le=65535)
     grpc_port: int | None = Field(None, ge=0, le=65535, description="Also serve V2 over gRPC on this port.")
     workers: int = Field(0, ge=0, description="Worker processes (0: one per CPU this process may use).")
+    http: Literal["auto", "lakeloop", "uvicorn"] = Field(
+        "auto", description="HTTP layer: lakeloop's compiled front, uvicorn, or auto (the front where it is built).")
     cpus: list[int] | None = Field(None, description="Pin the server to these CPUs.")
     max_batch: int = Field(1024, ge=1, description="Most rows (the batch dimension) one request may carry.")
     max_string_bytes: int = Field(65_536, ge=1, description="Most bytes of one BYTES element.")
@@ -163,7 +167,9 @@ def describe(settings: ServeSettings) -> list[str]:
             settings.log_dir or "off (no lakeFS and no --log-dir)") if settings.inference_logs else "off"
     batching = (f"merged, up to {settings.batch_delay_us} µs wait, {settings.preferred_batch} rows"
                 if settings.batch_delay_us is not None else "off (one ONNX Runtime call per request)")
-    return [f"model    {source}", f"auth     {auth}", f"logs     {logs}", f"batching {batching}"]
+    http = ("lakeloop's compiled front" if http_layer(settings) == "lakeloop" else
+            "uvicorn" + (" (lakeloop's compiled front is not built here)" if settings.http == "auto" else ""))
+    return [f"model    {source}", f"auth     {auth}", f"logs     {logs}", f"batching {batching}", f"http     {http}"]
 
 
 def workers_for(settings: ServeSettings) -> int:
@@ -183,6 +189,19 @@ def run(settings: ServeSettings) -> None:
     if not settings.api_keys and settings.vault is None:
         log.warning("serving WITHOUT authentication: give --api-key, LAKELOOP_API_KEYS or Vault (VAULT_ADDR)")
     workers = workers_for(settings)
+    if http_layer(settings) == "lakeloop":
+        from lakeloop.serving import _http
+
+        sock = _http.listen(settings.host, settings.port)
+        if workers == 1:
+            from lakeloop.serving._app import create_app
+
+            _http.serve(create_app(build(settings), grpc_address(settings)), sock, settings.max_header_bytes,
+                        settings.header_timeout)
+            return
+        build(settings)  # fail fast in the parent on bad settings, before starting workers
+        _http.supervise(_settings_json(settings), sock, workers, settings.max_header_bytes, settings.header_timeout)
+        return
     common = {"host": settings.host, "port": settings.port, "access_log": False, "log_level": "info",
               "timeout_keep_alive": 30, "timeout_graceful_shutdown": 10, "server_header": False,
               **bounded(settings.max_header_bytes, settings.header_timeout)}
@@ -195,6 +214,18 @@ def run(settings: ServeSettings) -> None:
     build(settings)  # fail fast in the parent on bad settings, before starting workers
     os.environ[SETTINGS_ENV] = _settings_json(settings)
     uvicorn.run("lakeloop.serving._main:app_from_environment", factory=True, workers=workers, **common)
+
+
+def http_layer(settings: ServeSettings) -> str:
+    """"lakeloop" (the compiled front) or "uvicorn": what `--http` asks, auto choosing the front where it is built."""
+    from lakeloop.serving import _http
+
+    if settings.http == "lakeloop" and not _http.available():
+        raise ConfigError("--http lakeloop: lakeloop's HTTP front is not built in this installation (it needs a C "
+                          "compiler at install time, on Linux); use --http uvicorn or reinstall with gcc present")
+    if settings.http == "auto":
+        return "lakeloop" if _http.available() else "uvicorn"
+    return settings.http
 
 
 def _settings_json(settings: ServeSettings) -> str:

@@ -240,6 +240,12 @@ class ModelServer:
         check_outputs(request.outputs, model.outputs)
         return await self.batcher.run(name, model, request, log_it)
 
+    def submit_batched(self, name: str, model: LoadedModel, request: InferRequest, log_it: bool,
+                       done: Callable[[dict[str, np.ndarray] | BaseException], None]) -> None:
+        """`infer_batched` with a callback instead of an awaitable (no task per request)."""
+        check_outputs(request.outputs, model.outputs)
+        self.batcher.submit(name, model, request, log_it, done)
+
     def record(self, name: str, model: LoadedModel, request: InferRequest, outputs: dict[str, np.ndarray]) -> None:
         logger = self.inference_log
         if logger is None:

@@ -1,6 +1,6 @@
 """What a hostile or broken client can reach: oversized, truncated, slow and garbage requests, huge heads,
 wrong methods. Each gets a bounded, clear answer (or the connection closed), and the server stays healthy,
-its memory bounded, every good request answered right."""
+its memory bounded, every good request answered right — on both HTTP layers."""
 
 from __future__ import annotations
 
@@ -22,12 +22,13 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 MAX_BODY = 256 * 1024
 
 
-@pytest.fixture(scope="module")
-def server(model_file, tmp_path_factory):
+@pytest.fixture(scope="module", params=["lakeloop", "uvicorn"])
+def server(model_file, tmp_path_factory, request):
+    """The same bounds on both HTTP layers: lakeloop's compiled front (the default) and uvicorn."""
     tmp = tmp_path_factory.mktemp("hostile")
     args = ["--onnx", str(model_file), "--name", "fraud", "--workers", "1", "--api-key", KEY,
             "--max-body-bytes", str(MAX_BODY), "--body-timeout", "1", "--header-timeout", "1",
-            "--no-inference-logs"]
+            "--no-inference-logs", "--http", request.param]
     with lakeloop_serve(args, tmp) as served:
         yield served
 
