@@ -401,7 +401,7 @@ def throughput(args, work: Path, stack: Stack, registry: Registry, model_dir: Pa
                     grpc_key = stack.grpc_key(running.grpc, body)  # h2load's key: see h2load()
                 # the other servers check no key: they get the (by then retired) gRPC key, so every server
                 # receives requests of the same bytes
-                auth = spec.auth if spec is lakeloop and body.encoding != "grpc" else grpc_key
+                auth = spec.auth if spec.auth and body.encoding != "grpc" else grpc_key
                 target = running.grpc if body.encoding == "grpc" else running.url
                 raw, headers = check_answer(target, body, auth)
                 if spec is lakeloop:  # the floor answers exactly these bytes
@@ -421,8 +421,9 @@ def throughput(args, work: Path, stack: Stack, registry: Registry, model_dir: Pa
                           f"p99 {result['p99_ms']:6.2f} ms  errors {result['non_2xx'] + result['socket_errors']}",
                           flush=True)
             footprint[spec.name] = {"start_s": round(running.start_s, 2), "rss_mb": round(running.rss_mb(), 1)}
-            if spec is lakeloop:
+            if spec.auth:  # lakeloop, on either HTTP layer
                 footprint[spec.name]["log"] = log_counts(running.url, key)
+            if spec is lakeloop:
                 stack.retire_grpc_key()
                 (work / "floor-answers.json").write_text(json.dumps(answers))
     return runs, footprint

@@ -509,11 +509,13 @@ static void push_resume(Conn *c) {
     }
 }
 
-static void internal_error(Conn *c) {
+/* A Python error in the front's own work (`dispatched`: in the handler): logged; the request, if not
+ * answered yet, gets a 500 and the connection ends. */
+static void internal_error(Conn *c, int dispatched) {
     PyErr_WriteUnraisable((PyObject *)c);
-    if (c->closed) return;
+    if (c->closed || (dispatched && !c->busy)) return;
     if (c->busy) { c->busy = 0; c->front->n_busy--; }
-    refuse(c, 500, "internal error in the HTTP front (see the server log)");
+    refuse(c, 500, "internal server error (see the server log)");
 }
 
 /* Hand the complete request to Python. */
@@ -528,7 +530,7 @@ static void dispatch(Conn *c, int alone) {
     PyObject *r = PyObject_CallFunctionObjArgs(f->handler, (PyObject *)c, method, path, headers, body,
                                                alone ? Py_True : Py_False, NULL);
     Py_DECREF(method); Py_DECREF(path); Py_DECREF(headers); Py_DECREF(body);
-    if (!r) internal_error(c);
+    if (!r) internal_error(c, 1);
     else Py_DECREF(r);
     Py_DECREF(c);
 }
@@ -538,7 +540,7 @@ static void advance(Conn *c, int alone) {
     while (!c->closed && !c->busy && c->out_len == 0) {
         int r = parse_one(c);
         if (r == 1) { dispatch(c, alone && c->front->n_busy == 0); alone = 0; continue; }
-        if (r == -2) { internal_error(c); return; }
+        if (r == -2) { internal_error(c, 0); return; }
         if (r == 0 && c->peer_closed) { conn_close(c); return; }
         return;
     }
