@@ -23,6 +23,11 @@ byte is read, or as soon as what arrives passes the limit —, a body not comple
 after the head answers 408, a client that disconnects mid-body is dropped without an answer, and a
 known path asked with the wrong method answers 405 with `Allow`. The head (request line and headers)
 is bounded by the HTTP protocol itself (`lakeloop._uvicorn`).
+
+The same app has a second door for lakeloop's compiled HTTP front (`_http`, the default layer):
+`app.handle(conn, method, path, headers, body, alone)` per complete request, answered with
+`conn.respond`, and `app.early(method, path, headers)` to refuse a large body from its head; the
+front enforces the body bounds itself, with the same answers.
 """
 
 from __future__ import annotations
@@ -341,11 +346,6 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
             return UNAUTHORIZED
         return routed
 
-    def answer(routed: tuple, headers: dict, body: bytes, alone: bool) -> Answer | Awaitable[Answer]:
-        handler, _, version, served = routed
-        return (infer(headers, body, version, served, alone) if handler is infer else
-                handler(headers, body, version, served))
-
     async def app(scope: dict, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
@@ -358,17 +358,19 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
         if isinstance(routed, Answer):
             reply = routed
         else:
+            handler, _, version, served = routed
             body = await read_body(headers, receive)
             if body is None:  # the client went away: nobody to answer
                 return
             if isinstance(body, Answer):
                 reply = body
             else:
-                reply = answer(routed, headers, body, alone(scope))
+                reply = (infer(headers, body, version, served, alone(scope)) if handler is infer else
+                         handler(headers, body, version, served))
                 if not isinstance(reply, Answer):
                     reply = await reply
-            if routed[0] is infer:
-                metrics.observe(routed[3].name, reply.status, time.perf_counter() - started, reply.rows)
+            if handler is infer:
+                metrics.observe(served.name, reply.status, time.perf_counter() - started, reply.rows)
         await send({"type": "http.response.start", "status": reply.status,
                     "headers": [*reply.headers, (b"content-length", str(len(reply.body)).encode())]})
         await send({"type": "http.response.body", "body": reply.body})
