@@ -44,6 +44,7 @@ typedef struct Conn {
     char *in; size_t in_len, in_cap, scan;
     char *out; size_t out_len, out_cap, out_sent;
     size_t head_len;
+    size_t chunk_at, chunk_total; /* a chunked body: where its next unchecked chunk starts, bytes so far */
     Py_ssize_t content_length;
     double deadline;
     PyObject *method, *path, *headers, *body; /* the request being read or handled */
@@ -341,6 +342,7 @@ static int parse_head(Conn *c) {
     c->keep_alive = http11 ? !conn_close_h : conn_keep;
     c->head_only = mlen == 4 && memcmp(m, "HEAD", 4) == 0;
     c->chunked = chunked;
+    c->chunk_at = c->chunk_total = 0;
     c->content_length = chunked ? 0 : (content_length < 0 ? 0 : content_length);
     if (!chunked && c->content_length > f->max_body) {
         char msg[200], num[40];
@@ -387,8 +389,8 @@ static int parse_head(Conn *c) {
 static int chunked_body(Conn *c, size_t *consumed) {
     Front *f = c->front;
     const char *p = c->in + c->head_len, *end = c->in + c->in_len;
-    size_t total = 0;
-    const char *scan = p, *done = NULL;
+    size_t total = c->chunk_total; /* resume after the chunks a previous read already checked */
+    const char *scan = p + c->chunk_at, *done = NULL;
     /* first pass: sizes only */
     for (;;) {
         const char *line = scan;
@@ -425,6 +427,8 @@ static int chunked_body(Conn *c, size_t *consumed) {
         if ((size_t)(end - scan) < size + 2) return 0;
         if (scan[size] != '\r' || scan[size + 1] != '\n') { refuse(c, 400, "malformed chunk"); return -1; }
         scan += size + 2;
+        c->chunk_at = (size_t)(scan - p);
+        c->chunk_total = total;
     }
     PyObject *body = PyBytes_FromStringAndSize(NULL, total);
     if (!body) return -2;

@@ -137,13 +137,20 @@ def test_head_answers_without_a_body(server):
     assert second[0] == 200 and json.loads(second[2]) == {"live": True}
 
 
-def test_a_chunked_body_is_decoded(server, model_file):
+@pytest.mark.parametrize("piece", [None, 7, 333])
+def test_a_chunked_body_is_decoded(server, model_file, piece):
+    """Sent at once, or in pieces that cut chunk-size lines and chunk data anywhere (the front checks
+    each chunk once, resuming where the previous read stopped)."""
     body, batch = body_of(3, 8)
     chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(body[i:i + 50]), body[i:i + 50]) for i in range(0, len(body), 50))
     head = (f"POST /v2/models/fraud/infer HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n"
             "transfer-encoding: chunked\r\n\r\n").encode()
+    data = head + chunks + b"0\r\nx-trailer: 1\r\n\r\n"
     with connect(server) as sock:
-        sock.sendall(head + chunks + b"0\r\nx-trailer: 1\r\n\r\n")
+        for start in range(0, len(data), piece or len(data)):
+            sock.sendall(data[start:start + (piece or len(data))])
+            if piece:
+                time.sleep(0.0005)
         (status, _, answer), = read_answers(sock, 1)
     assert status == 200
     np.testing.assert_allclose(probabilities(answer), answer_of(model_file, batch).ravel(), rtol=1e-5)
