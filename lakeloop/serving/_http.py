@@ -24,6 +24,8 @@ import signal
 import socket
 import time
 
+from lakeloop.errors import ConfigError
+
 log = logging.getLogger("lakeloop.serving")
 KEEP_ALIVE_S = 30.0
 GRACE_S = 10.0  # how long requests in flight may take to finish at shutdown
@@ -40,7 +42,11 @@ def available() -> bool:
 
 def listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=2048)
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on that port? "
+                          "choose another --port)") from None
     sock.setblocking(False)
     return sock
 
@@ -64,7 +70,11 @@ async def _serve(app, sock: socket.socket, max_header_bytes: int, header_timeout
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await app.startup()
+    try:
+        await app.startup()
+    except Exception as exc:  # what uvicorn's lifespan does: say why, exit 3
+        log.error("start-up failed: %s", exc)
+        raise SystemExit(3) from None
     limits = app.limits
     front = Front(sock.fileno(), app.handle, app.early, max_header_bytes, limits.max_body_bytes, header_timeout,
                   limits.body_timeout_s, KEEP_ALIVE_S)
