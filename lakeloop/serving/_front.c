@@ -59,8 +59,7 @@ typedef struct Front {
     double head_timeout, body_timeout, idle_timeout;
     Conn *conns; /* every open connection (the list holds a reference) */
     Conn *resume; /* connections with buffered input to look at (each holds a reference) */
-    Py_ssize_t n_conns, n_busy;
-    unsigned long long requests;
+    Py_ssize_t n_busy;
 } Front;
 
 static PyTypeObject ConnType, FrontType;
@@ -103,7 +102,6 @@ static void conn_close(Conn *c) {
     if (c->prev) c->prev->next = c->next; else f->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
-    f->n_conns--;
     Py_DECREF(c); /* the list's reference */
 }
 
@@ -527,7 +525,6 @@ static void dispatch(Conn *c, int alone) {
     Front *f = c->front;
     c->busy = 1;
     f->n_busy++;
-    f->requests++;
     PyObject *method = c->method, *path = c->path, *headers = c->headers, *body = c->body;
     c->method = c->path = c->headers = c->body = NULL;
     Py_INCREF(c);
@@ -587,7 +584,6 @@ static void on_accept(Front *f) {
         c->next = f->conns;
         if (f->conns) f->conns->prev = c;
         f->conns = c;
-        f->n_conns++;
     }
 }
 
@@ -617,7 +613,6 @@ static PyObject *Conn_respond(Conn *c, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
-static PyObject *Conn_get_open(Conn *c, void *closure) { return PyBool_FromLong(!c->closed); }
 
 static void Conn_dealloc(Conn *c) {
     clear_request(c);
@@ -633,8 +628,6 @@ static PyMethodDef Conn_methods[] = {
      "content-length is added). Returns False if the client has gone."},
     {NULL}};
 
-static PyGetSetDef Conn_getset[] = {{"open", (getter)Conn_get_open, NULL, "The client is still connected.", NULL},
-                                    {NULL}};
 
 static PyTypeObject ConnType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "lakeloop.serving._front.Conn",
@@ -643,7 +636,6 @@ static PyTypeObject ConnType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "One client connection; the handler answers its request with respond().",
     .tp_methods = Conn_methods,
-    .tp_getset = Conn_getset,
 };
 
 /* ---- Front ---- */
@@ -749,9 +741,7 @@ static PyObject *Front_close(Front *f, PyObject *unused) {
 }
 
 static PyObject *Front_fileno(Front *f, PyObject *unused) { return PyLong_FromLong(f->epfd); }
-static PyObject *Front_get_connections(Front *f, void *c) { return PyLong_FromSsize_t(f->n_conns); }
 static PyObject *Front_get_busy(Front *f, void *c) { return PyLong_FromSsize_t(f->n_busy); }
-static PyObject *Front_get_requests(Front *f, void *c) { return PyLong_FromUnsignedLongLong(f->requests); }
 
 static void Front_dealloc(Front *f) {
     Py_XDECREF(f->handler);
@@ -777,9 +767,7 @@ static PyMethodDef Front_methods[] = {
     {NULL}};
 
 static PyGetSetDef Front_getset[] = {
-    {"connections", (getter)Front_get_connections, NULL, "Open connections.", NULL},
     {"busy", (getter)Front_get_busy, NULL, "Requests handed to the handler and not answered yet.", NULL},
-    {"requests", (getter)Front_get_requests, NULL, "Requests handed to the handler so far.", NULL},
     {NULL}};
 
 static PyTypeObject FrontType = {
