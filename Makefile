@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# the model server's compiled HTTP front, rebuilt in place when its source changes (pip built it once)
-$(FRONT): lakeloop/serving/_front.c $(STAMP)
+# the model server's compiled parts (HTTP front, V2 parser), rebuilt in place when their source changes (pip built them once)
+$(FRONT): lakeloop/serving/_front.c lakeloop/serving/_tensors.c $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace
 	touch $(FRONT)
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from lakeloop.errors import ServingError
 from lakeloop.packing import INPUTS_KEY, pack, packing_of
-from lakeloop.serving._protocol import NUMPY_OF, InputSpec
+from lakeloop.serving._protocol import NUMPY_OF, Inputs, InputSpec
 
 V2_OF_ONNX = {"tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
               "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8", "tensor(int16)": "INT16",
@@ -46,7 +46,7 @@ class LoadedModel:
     version: str
     path: Path
     session: ort.InferenceSession
-    inputs: dict[str, InputSpec]  # the V2 inputs: one per feature column of a lakeloop model
+    inputs: Inputs  # the V2 inputs: one per feature column of a lakeloop model
     outputs: list[str]
     sha256: str
     packing: dict[str, list[str]] = field(default_factory=dict)  # graph input -> the V2 inputs it packs
@@ -136,7 +136,7 @@ def load(path: Path, name: str, version: str, tuning: Tuning | None = None) -> L
         raise ServingError(f"{path} is not a loadable ONNX model: {exc}") from exc
     if partial is not None and partial.exists():
         os.replace(partial, cached)
-    inputs = {}
+    inputs = Inputs()
     meta = session.get_modelmeta().custom_metadata_map
     nullable = set(json.loads(meta.get("lakeloop.nullable", "[]")))
     try:

@@ -20,6 +20,7 @@ accepted and have no effect.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import sys
@@ -28,6 +29,11 @@ from itertools import chain
 
 import numpy as np
 import orjson
+
+try:  # the compiled fast path of `parse` (lakeloop/serving/_tensors.c); without it the same in Python
+    from lakeloop.serving import _tensors
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _tensors = None
 
 NUMPY_OF = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
             "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
@@ -42,6 +48,7 @@ JSON_TYPES = {**{d: frozenset({int}) for d in NUMPY_OF if d[0] in "IU"}, "BOOL":
               **{d: frozenset({int, float}) for d in FLOATS}}
 WHAT = {**{d: "integers" for d in NUMPY_OF if d[0] in "IU"}, "BOOL": "true/false",
         **{d: "numbers" for d in FLOATS}, "BYTES": "strings"}
+CODE_OF = {d: i for i, d in enumerate([*NUMPY_OF, "BYTES"])}  # _tensors.c's datatype codes, in this order
 HEADER = "inference-header-content-length"
 SHARED_MEMORY = frozenset({"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"})
 
@@ -65,6 +72,16 @@ class InputSpec:
     def column(self) -> bool:
         """One value per row (`[-1, 1]`): a client may send it as `[N]` too."""
         return self.shape == (-1, 1)
+
+
+class Inputs(dict[str, InputSpec]):
+    """A model's inputs by name, in the model's order; also their table for the compiled parser."""
+
+    @functools.cached_property
+    def table(self) -> tuple[dict[str, tuple], tuple[str, ...]]:
+        """(name -> (index, datatype code, shape, column, nullable, datatype), the names in order)."""
+        return ({s.name: (i, CODE_OF[s.datatype], s.shape, s.column, s.nullable, s.datatype)
+                 for i, s in enumerate(self.values())}, tuple(self))
 
 
 @dataclass(frozen=True)
@@ -123,10 +140,38 @@ def parse(body: bytes, header_length: str | None, specs: dict[str, InputSpec], l
         raise V2Error(f"malformed JSON in the request body: {exc}") from None
     if type(request) is not dict or type(request.get("inputs")) is not list or not request["inputs"]:
         raise V2Error("the request must be a JSON object with a non-empty 'inputs' list")
+    tensors = request["inputs"]
+    arrays, rows = (_compiled(tensors, body, len(body) - len(binary), specs, limits)
+                    or _inputs(tensors, specs, binary, limits))
+    parameters = request.get("parameters")
+    parameters = parameters if type(parameters) is dict else {}
+    binary_out = parameters.get("binary_data_output", False) is True
+    outputs = None
+    if "outputs" in request:
+        outputs = _outputs(request["outputs"], binary_out)
+    request_id = request.get("id")
+    return InferRequest(str(request_id) if request_id is not None else None, arrays, rows, outputs, binary_out,
+                        parameters)
+
+
+def _compiled(tensors: list, body: bytes, start: int, specs: dict[str, InputSpec], limits: Limits
+              ) -> tuple[dict[str, np.ndarray], int] | None:
+    """`_inputs` compiled (lakeloop/serving/_tensors.c), for the requests it takes; None for the others
+    (and where it is not built), which `_inputs` then takes or refuses with its message."""
+    if _tensors is None or not NATIVE_IS_WIRE or type(body) is not bytes:
+        return None
+    table, names = (specs if isinstance(specs, Inputs) else Inputs(specs)).table
+    return _tensors.inputs(tensors, table, names, body, start, limits.max_string_bytes, limits.max_batch)
+
+
+def _inputs(tensors: list, specs: dict[str, InputSpec], binary: memoryview, limits: Limits
+            ) -> tuple[dict[str, np.ndarray], int]:
+    """The request's inputs as arrays in the model's order, and its rows: the parser in Python, which
+    names what is wrong (the compiled one passes on anything it does not take)."""
     arrays: dict[str, np.ndarray] = {}
     columns_json: dict[str, list] = {}  # FP32 columns sent as JSON: converted together, one numpy call
     offset, rows, first = 0, None, None
-    for tensor in request["inputs"]:
+    for tensor in tensors:
         name, length, value, offset = _input(tensor, specs, binary, offset, limits)
         if name in arrays or name in columns_json:
             raise V2Error(f"input {name!r} appears twice")
@@ -145,16 +190,7 @@ def parse(body: bytes, header_length: str | None, specs: dict[str, InputSpec], l
         arrays.update(_fp32_columns(columns_json, rows, specs))
     if offset != len(binary):
         raise V2Error(f"the body has {len(binary) - offset} bytes of binary data that no input claims")
-    arrays = check_inputs(arrays, specs, rows, limits)
-    parameters = request.get("parameters")
-    parameters = parameters if type(parameters) is dict else {}
-    binary_out = parameters.get("binary_data_output", False) is True
-    outputs = None
-    if "outputs" in request:
-        outputs = _outputs(request["outputs"], binary_out)
-    request_id = request.get("id")
-    return InferRequest(str(request_id) if request_id is not None else None, arrays, rows, outputs, binary_out,
-                        parameters)
+    return check_inputs(arrays, specs, rows, limits), rows
 
 
 def _outputs(requested: object, binary_default: bool) -> list[OutputRequest]:
@@ -275,7 +311,8 @@ def _fp32_columns(columns: dict[str, list], rows: int, specs: dict[str, InputSpe
     block = None
     if set(map(type, chain.from_iterable(columns.values()))) <= JSON_TYPES["FP32"]:
         try:
-            block = np.array(list(columns.values()), dtype=np.float32)
+            with np.errstate(over="ignore"):  # a number too large for FP32 becomes inf: refused just below
+                block = np.array(list(columns.values()), dtype=np.float32)
         except (ValueError, TypeError, OverflowError):
             block = None
         if block is not None and not (block.size == rows * len(columns) and block.ndim == 2
@@ -302,9 +339,12 @@ def check_finite(name: str, array: np.ndarray, nullable: bool = False) -> None:
         raise V2Error(f"input {name!r} contains infinity")
 
 
-def _flat(data: list) -> list:
+def _flat(name: str, data: list) -> list:
     """JSON tensor data as one flat list: row-major nested lists ([[a], [b]], [[[...]]]) or already flat."""
     while data and type(data[0]) is list:
+        if any(type(item) is not list for item in data):
+            raise V2Error(f"input {name!r}: 'data' mixes lists and values at one level: send a flat list or "
+                          "row-major nested lists")
         data = list(chain.from_iterable(data))
     return data
 
@@ -317,7 +357,7 @@ def _from_json(name: str, spec: InputSpec, data: object, count: int, limits: Lim
     if type(data) is not list:
         raise V2Error(f"input {name!r}: 'data' must be a list")
     datatype, nullable = spec.datatype, spec.nullable
-    flat = _flat(data)
+    flat = _flat(name, data)
     if len(flat) != count:
         raise V2Error(f"input {name!r} has {len(flat)} values for its shape ({count} expected)")
     types = set(map(type, flat))

@@ -1,0 +1,403 @@
+/* The V2 request's inputs as numpy arrays, compiled: the fast path of lakeloop.serving._protocol.parse.
+ *
+ * inputs(tensors, table, names, body, start, max_string_bytes, max_batch) takes the request's parsed
+ * "inputs" list (orjson's objects), the model's inputs (table: name -> (index, code, shape, column,
+ * nullable, datatype); names: the model's order) and the body (bytes) with the offset where its binary
+ * tensor data starts (len(body) when there is none), and returns ({name: array} in the model's order,
+ * rows) — or None for anything it does not take as it stands. It accepts only requests that the
+ * Python parser accepts, with the same arrays: a None sends the request through the Python parser,
+ * which then either takes it (a nested case this code leaves out, FP16 from JSON) or raises the
+ * V2Error naming what is wrong. So every error message has one source, and this file has no
+ * messages at all. tests/serving/test_tensors.py runs both parsers on the same requests.
+ */
+#define PY_SSIZE_T_CLEAN
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <Python.h>
+#include <numpy/arrayobject.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { BOOL_, U8, U16, U32, U64, I8, I16, I32, I64, F16, F32, F64, BYTES_, CODES };
+static const int TYPENUM[CODES] = {NPY_BOOL, NPY_UINT8, NPY_UINT16, NPY_UINT32, NPY_UINT64, NPY_INT8, NPY_INT16,
+                                   NPY_INT32, NPY_INT64, NPY_FLOAT16, NPY_FLOAT32, NPY_FLOAT64, NPY_OBJECT};
+static const int SIZE[CODES] = {1, 1, 2, 4, 8, 1, 2, 4, 8, 2, 4, 8, 0};
+#define MAX_DIMS 16
+#define MAX_INPUTS 512
+#define EXACT_INT (1LL << 53) /* an int converts to a float exactly up to here; beyond, Python decides */
+
+static PyObject *k_name, *k_datatype, *k_shape, *k_parameters, *k_data, *k_size, *k_shm[3], *k_empty;
+
+typedef struct {
+    int code, column, nullable, free_batch, rank;
+    npy_intp declared[MAX_DIMS];
+    PyObject *datatype;
+} Spec;
+
+/* The spec tuple (index, code, shape, column, nullable, datatype); 0 when it is not one. */
+static int read_spec(PyObject *tuple, Py_ssize_t *index, Spec *spec) {
+    if (!PyTuple_CheckExact(tuple) || PyTuple_GET_SIZE(tuple) != 6) return 0;
+    *index = PyLong_AsSsize_t(PyTuple_GET_ITEM(tuple, 0));
+    spec->code = (int)PyLong_AsLong(PyTuple_GET_ITEM(tuple, 1));
+    PyObject *shape = PyTuple_GET_ITEM(tuple, 2);
+    spec->column = PyObject_IsTrue(PyTuple_GET_ITEM(tuple, 3));
+    spec->nullable = PyObject_IsTrue(PyTuple_GET_ITEM(tuple, 4));
+    spec->datatype = PyTuple_GET_ITEM(tuple, 5);
+    if (PyErr_Occurred() || spec->code < 0 || spec->code >= CODES || !PyTuple_CheckExact(shape)
+        || PyTuple_GET_SIZE(shape) > MAX_DIMS) {
+        PyErr_Clear();
+        return 0;
+    }
+    spec->rank = (int)PyTuple_GET_SIZE(shape);
+    for (int i = 0; i < spec->rank; i++) spec->declared[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, i));
+    spec->free_batch = spec->rank > 0 && spec->declared[0] == -1;
+    return !PyErr_Occurred();
+}
+
+/* The client's shape checked against the declared one ([N] for a column is [N, 1]); its rank, or -1. */
+static int read_shape(PyObject *shape, const Spec *spec, npy_intp *dims) {
+    if (!shape || !PyList_CheckExact(shape)) return -1;
+    Py_ssize_t n = PyList_GET_SIZE(shape);
+    if (n < 1 || n > MAX_DIMS) return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *d = PyList_GET_ITEM(shape, i);
+        if (!PyLong_CheckExact(d)) return -1;
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(d, &overflow);
+        if (overflow || v < 1 || v > ((long long)1 << 40)) return -1;
+        dims[i] = (npy_intp)v;
+    }
+    if (spec->column && n == 1) {
+        dims[1] = 1;
+        return 2;
+    }
+    if (n != spec->rank) return -1;
+    for (int i = 0; i < n; i++)
+        if (spec->declared[i] != -1 && dims[i] != spec->declared[i]) return -1;
+    return (int)n;
+}
+
+/* ---- JSON data ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    const Spec *spec;
+    char *out;        /* numeric: the array's data */
+    PyObject **objs;  /* BYTES: the array's elements */
+    npy_intp at, count;
+    Py_ssize_t max_string;
+} Fill;
+
+static int int_in(PyObject *v, long long lo, long long hi, long long *got) {
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (x == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    *got = x;
+    return x >= lo && x <= hi;
+}
+
+/* One JSON value into element `f->at`; 0 when the Python parser must judge it. */
+static int put(Fill *f, PyObject *v) {
+    const Spec *s = f->spec;
+    npy_intp i = f->at++;
+    if (i >= f->count) return 0;
+    long long x;
+    switch (s->code) {
+    case BYTES_:
+        if (v == Py_None && s->nullable) v = k_empty;
+        if (!PyUnicode_CheckExact(v)) return 0;
+        if (PyUnicode_GET_LENGTH(v) * 4 > f->max_string) {
+            Py_ssize_t size;
+            if (!PyUnicode_AsUTF8AndSize(v, &size)) {
+                PyErr_Clear();
+                return 0;
+            }
+            if (size > f->max_string) return 0;
+        }
+        Py_INCREF(v);
+        Py_XSETREF(f->objs[i], v);
+        return 1;
+    case BOOL_:
+        if (!PyBool_Check(v)) return 0;
+        ((npy_bool *)f->out)[i] = v == Py_True;
+        return 1;
+    case F32:
+    case F64: {
+        double d;
+        if (PyFloat_CheckExact(v)) d = PyFloat_AS_DOUBLE(v);
+        else if (PyLong_CheckExact(v)) {
+            if (!int_in(v, -EXACT_INT, EXACT_INT, &x)) return 0;
+            d = (double)x;
+        } else if (v == Py_None && s->nullable) d = NAN;
+        else return 0;
+        if (s->code == F32) {
+            float g = (float)d;
+            if (isinf(g)) return 0;
+            ((float *)f->out)[i] = g;
+        } else {
+            if (isinf(d)) return 0;
+            ((double *)f->out)[i] = d;
+        }
+        return 1;
+    }
+    case F16:
+        return 0; /* numpy's rounding to half precision: left to it */
+    default:
+        if (!PyLong_CheckExact(v)) return 0;
+        if (s->code == U64) {
+            unsigned long long u = PyLong_AsUnsignedLongLong(v);
+            if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                return 0;
+            }
+            ((uint64_t *)f->out)[i] = u;
+            return 1;
+        }
+        switch (s->code) {
+        case U8: if (!int_in(v, 0, UINT8_MAX, &x)) return 0; ((uint8_t *)f->out)[i] = (uint8_t)x; return 1;
+        case U16: if (!int_in(v, 0, UINT16_MAX, &x)) return 0; ((uint16_t *)f->out)[i] = (uint16_t)x; return 1;
+        case U32: if (!int_in(v, 0, UINT32_MAX, &x)) return 0; ((uint32_t *)f->out)[i] = (uint32_t)x; return 1;
+        case I8: if (!int_in(v, INT8_MIN, INT8_MAX, &x)) return 0; ((int8_t *)f->out)[i] = (int8_t)x; return 1;
+        case I16: if (!int_in(v, INT16_MIN, INT16_MAX, &x)) return 0; ((int16_t *)f->out)[i] = (int16_t)x; return 1;
+        case I32: if (!int_in(v, INT32_MIN, INT32_MAX, &x)) return 0; ((int32_t *)f->out)[i] = (int32_t)x; return 1;
+        case I64: if (!int_in(v, INT64_MIN, INT64_MAX, &x)) return 0; ((int64_t *)f->out)[i] = (int64_t)x; return 1;
+        }
+        return 0;
+    }
+}
+
+/* Row-major nested lists or a flat list, leaf by leaf. The leaves are `leaf` levels down (the depth of
+ * the first value): every item above that level a non-empty list, none at it (what the Python parser's
+ * level-by-level flattening takes, when no list is empty; a request with an empty one is left to it). */
+static int walk(Fill *f, PyObject *list, int level, int leaf) {
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    if (n == 0) return 0;
+    int lists = level + 1 < leaf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(list, i);
+        if (PyList_CheckExact(item) != lists) return 0;
+        if (lists ? !walk(f, item, level + 1, leaf) : !put(f, item)) return 0;
+    }
+    return 1;
+}
+
+static int leaf_level(PyObject *data) {
+    int level = 0;
+    while (PyList_CheckExact(data) && PyList_GET_SIZE(data) > 0 && level <= MAX_DIMS) {
+        data = PyList_GET_ITEM(data, 0);
+        level++;
+    }
+    return level;
+}
+
+static PyObject *from_json(const Spec *spec, PyObject *data, int nd, npy_intp *dims, npy_intp count,
+                           Py_ssize_t max_string) {
+    if (!PyList_CheckExact(data)) return NULL;
+    PyObject *array = PyArray_SimpleNew(nd, dims, TYPENUM[spec->code]);
+    if (!array) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Fill f = {spec, PyArray_DATA((PyArrayObject *)array), PyArray_DATA((PyArrayObject *)array), 0, count,
+              max_string};
+    int leaf = leaf_level(data);
+    if (leaf > MAX_DIMS || !walk(&f, data, 0, leaf) || f.at != count) {
+        Py_DECREF(array);
+        return NULL;
+    }
+    return array;
+}
+
+/* ---- binary data ---------------------------------------------------------------------------------- */
+
+static int half_ok(uint16_t h, int nullable) {
+    if ((h & 0x7c00) != 0x7c00) return 1;  /* finite */
+    return nullable && (h & 0x03ff) != 0;  /* NaN: a missing value where the model takes them; never inf */
+}
+
+static PyObject *from_binary(const Spec *spec, PyObject *body, const char *raw, Py_ssize_t size, int nd,
+                             npy_intp *dims, npy_intp count, Py_ssize_t max_string) {
+    if (spec->code == BYTES_) {
+        PyObject *array = PyArray_SimpleNew(nd, dims, NPY_OBJECT);
+        if (!array) {
+            PyErr_Clear();
+            return NULL;
+        }
+        PyObject **objs = PyArray_DATA((PyArrayObject *)array);
+        Py_ssize_t pos = 0;
+        for (npy_intp i = 0; i < count; i++) {
+            uint32_t length;
+            if (pos + 4 > size) goto bad;
+            memcpy(&length, raw + pos, 4); /* little-endian: this file is built only where that is native */
+            pos += 4;
+            if (length > (uint64_t)(size - pos) || length > (uint64_t)max_string) goto bad;
+            PyObject *s = PyUnicode_DecodeUTF8(raw + pos, length, NULL);
+            if (!s) goto bad;
+            Py_XSETREF(objs[i], s);
+            pos += length;
+        }
+        if (pos == size) return array;
+    bad:
+        PyErr_Clear();
+        Py_DECREF(array);
+        return NULL;
+    }
+    if (size != count * SIZE[spec->code]) return NULL;
+    npy_intp i;
+    switch (spec->code) {
+    case F16:
+        for (i = 0; i < count; i++) {
+            uint16_t h;
+            memcpy(&h, raw + 2 * i, 2);
+            if (!half_ok(h, spec->nullable)) return NULL;
+        }
+        break;
+    case F32:
+        for (i = 0; i < count; i++) {
+            float g;
+            memcpy(&g, raw + 4 * i, 4);
+            if (!isfinite(g) && !(spec->nullable && isnan(g))) return NULL;
+        }
+        break;
+    case F64:
+        for (i = 0; i < count; i++) {
+            double d;
+            memcpy(&d, raw + 8 * i, 8);
+            if (!isfinite(d) && !(spec->nullable && isnan(d))) return NULL;
+        }
+        break;
+    }
+    /* A read-only view of the body, as np.frombuffer gives */
+    PyArray_Descr *descr = PyArray_DescrFromType(TYPENUM[spec->code]);
+    PyObject *array = PyArray_NewFromDescr(&PyArray_Type, descr, nd, dims, NULL, (void *)raw, 0, NULL);
+    if (!array) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_INCREF(body);
+    if (PyArray_SetBaseObject((PyArrayObject *)array, body) < 0) {
+        PyErr_Clear();
+        Py_DECREF(array);
+        return NULL;
+    }
+    return array;
+}
+
+/* ---- the request ---------------------------------------------------------------------------------- */
+
+static PyObject *one_input(PyObject *tensor, PyObject *table, PyObject *body, const char *binary, Py_ssize_t left,
+                           Py_ssize_t *offset, Py_ssize_t max_string, Py_ssize_t *index, npy_intp *batch) {
+    if (!PyDict_CheckExact(tensor)) return NULL;
+    PyObject *name = PyDict_GetItemWithError(tensor, k_name);
+    if (!name || !PyUnicode_CheckExact(name)) return NULL;
+    PyObject *entry = PyDict_GetItemWithError(table, name);
+    Spec spec;
+    if (!entry || !read_spec(entry, index, &spec)) return NULL;
+    PyObject *datatype = PyDict_GetItemWithError(tensor, k_datatype);
+    if (!datatype || !PyUnicode_CheckExact(datatype) || PyUnicode_Compare(datatype, spec.datatype) != 0) return NULL;
+    npy_intp dims[MAX_DIMS];
+    int nd = read_shape(PyDict_GetItemWithError(tensor, k_shape), &spec, dims);
+    if (nd < 0) return NULL;
+    npy_intp count = 1;
+    for (int i = 0; i < nd; i++) {
+        if (count > ((npy_intp)1 << 40) / dims[i]) return NULL;
+        count *= dims[i];
+    }
+    *batch = spec.free_batch ? dims[0] : -1;
+    PyObject *size = NULL, *parameters = PyDict_GetItemWithError(tensor, k_parameters);
+    if (parameters && PyDict_CheckExact(parameters)) {
+        for (int i = 0; i < 3; i++)
+            if (PyDict_GetItemWithError(parameters, k_shm[i])) return NULL;
+        size = PyDict_GetItemWithError(parameters, k_size);
+        if (size == Py_None) size = NULL;
+    }
+    if (PyErr_Occurred()) return NULL;
+    if (size) {
+        if (!PyLong_CheckExact(size)) return NULL;
+        Py_ssize_t n = PyLong_AsSsize_t(size);
+        if (n < 0 || n > left - *offset) return NULL;
+        PyObject *array = from_binary(&spec, body, binary + *offset, n, nd, dims, count, max_string);
+        *offset += n;
+        return array;
+    }
+    PyObject *data = PyDict_GetItemWithError(tensor, k_data);
+    return data ? from_json(&spec, data, nd, dims, count, max_string) : NULL;
+}
+
+static PyObject *inputs(PyObject *self, PyObject *args) {
+    PyObject *tensors, *table, *names, *body;
+    Py_ssize_t start, max_string, max_batch;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!nnn", &PyList_Type, &tensors, &PyDict_Type, &table, &PyTuple_Type, &names,
+                          &PyBytes_Type, &body, &start, &max_string, &max_batch))
+        return NULL;
+    Py_ssize_t wanted = PyTuple_GET_SIZE(names), given = PyList_GET_SIZE(tensors);
+    Py_ssize_t length = PyBytes_GET_SIZE(body);
+    if (wanted > MAX_INPUTS || given == 0 || start < 0 || start > length) Py_RETURN_NONE;
+    PyObject *found[MAX_INPUTS] = {NULL};
+    const char *binary = PyBytes_AS_STRING(body) + start;
+    Py_ssize_t left = length - start, offset = 0;
+    npy_intp rows = -1;
+    PyObject *result = NULL;
+    for (Py_ssize_t t = 0; t < given; t++) {
+        Py_ssize_t index = -1;
+        npy_intp batch;
+        PyObject *array = one_input(PyList_GET_ITEM(tensors, t), table, body, binary, left, &offset, max_string,
+                                    &index, &batch);
+        if (!array) goto decline;
+        if (index < 0 || index >= wanted || found[index]) {
+            Py_DECREF(array);
+            goto decline;
+        }
+        found[index] = array;
+        if (batch >= 0) {
+            if (rows < 0) rows = batch;
+            else if (batch != rows) goto decline;
+        }
+    }
+    if (offset != left) goto decline;
+    if (rows < 0) rows = 1;
+    if (rows > max_batch) goto decline;
+    result = PyDict_New();
+    if (!result) goto fail;
+    for (Py_ssize_t i = 0; i < wanted; i++)
+        if (!found[i] || PyDict_SetItem(result, PyTuple_GET_ITEM(names, i), found[i]) < 0) {
+            Py_CLEAR(result);
+            if (PyErr_Occurred()) goto fail;
+            goto decline;
+        }
+    for (Py_ssize_t i = 0; i < wanted; i++) Py_XDECREF(found[i]);
+    PyObject *answer = Py_BuildValue("(Nn)", result, (Py_ssize_t)rows);
+    return answer;
+decline:
+    PyErr_Clear();
+    for (Py_ssize_t i = 0; i < wanted; i++) Py_XDECREF(found[i]);
+    Py_RETURN_NONE;
+fail:
+    for (Py_ssize_t i = 0; i < wanted; i++) Py_XDECREF(found[i]);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"inputs", inputs, METH_VARARGS, "The request's inputs as arrays, or None (see the module's source)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_tensors", "V2 inputs as numpy arrays, compiled.", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__tensors(void) {
+    import_array();
+    if ((k_name = PyUnicode_InternFromString("name")) == NULL
+        || (k_datatype = PyUnicode_InternFromString("datatype")) == NULL
+        || (k_shape = PyUnicode_InternFromString("shape")) == NULL
+        || (k_parameters = PyUnicode_InternFromString("parameters")) == NULL
+        || (k_data = PyUnicode_InternFromString("data")) == NULL
+        || (k_size = PyUnicode_InternFromString("binary_data_size")) == NULL
+        || (k_shm[0] = PyUnicode_InternFromString("shared_memory_region")) == NULL
+        || (k_shm[1] = PyUnicode_InternFromString("shared_memory_byte_size")) == NULL
+        || (k_shm[2] = PyUnicode_InternFromString("shared_memory_offset")) == NULL
+        || (k_empty = PyUnicode_InternFromString("")) == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}

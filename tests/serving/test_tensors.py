@@ -1,0 +1,183 @@
+"""The compiled V2 input parser (lakeloop/serving/_tensors.c) against the Python one, request by request.
+
+The compiled parser may pass on any request (the Python parser then takes it or names what is wrong),
+but what it takes must be exactly what the Python parser takes, to the same arrays. Every datatype, ranks
+1 to 4, fixed and free dimensions, JSON (flat and nested) and binary tensors, missing values, and a
+seeded fuzz of broken requests; the requests real clients send must take the compiled path."""
+
+from __future__ import annotations
+
+import copy
+import random
+import struct
+
+import numpy as np
+import pytest
+
+from lakeloop.serving import _protocol as v2
+from lakeloop.serving import _tensors
+
+LIMITS = v2.Limits(max_batch=64, max_string_bytes=40)
+NUMERIC = [d for d in v2.NUMPY_OF]
+SHAPES = [(-1, 1), (-1,), (-1, 3), (-1, 2, 2), (2, 3), (-1, 1, 2, 1)]
+
+
+def specs_of(*inputs: tuple[str, str, tuple[int, ...], bool]) -> v2.Inputs:
+    return v2.Inputs({name: v2.InputSpec(name, datatype, shape, nullable) for name, datatype, shape, nullable in inputs})
+
+
+def values_of(datatype: str, count: int, rng: random.Random) -> list:
+    if datatype == "BYTES":
+        return [rng.choice(["", "a", "DE", "groceries", "çé€"]) for _ in range(count)]
+    if datatype == "BOOL":
+        return [rng.random() < 0.5 for _ in range(count)]
+    if datatype in v2.FLOATS:
+        return [rng.choice([0, 1, -3, 0.5, 129.25, -1e-3, 2.0**10]) for _ in range(count)]
+    info = np.iinfo(v2.NUMPY_OF[datatype])
+    return [rng.choice([int(info.min), 0, 1, int(info.max)]) for _ in range(count)]
+
+
+def concrete(shape: tuple[int, ...], rows: int) -> list[int]:
+    return [rows if d == -1 else d for d in shape]
+
+
+def nested(flat: list, shape: list[int]) -> list:
+    if len(shape) <= 1:
+        return flat
+    step = len(flat) // shape[0]
+    return [nested(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def binary_of(datatype: str, values: list) -> bytes:
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in values)
+    return np.array(values, dtype=v2.WIRE_DTYPE[datatype]).tobytes()
+
+
+def both(tensors: list, specs: v2.Inputs, body: bytes = b"", start: int | None = None):
+    """(the Python parser's result or its V2Error, the compiled result or None); fails where they disagree."""
+    start = len(body) if start is None else start
+    try:
+        python = v2._inputs(tensors, specs, memoryview(body)[start:], LIMITS)
+    except v2.V2Error as exc:
+        python = exc
+    compiled = _tensors.inputs(tensors, *specs.table, body, start, LIMITS.max_string_bytes, LIMITS.max_batch)
+    if compiled is not None:
+        assert not isinstance(python, v2.V2Error), f"the compiled parser took what Python refuses ({python})"
+        arrays, rows = compiled
+        assert rows == python[1]
+        assert list(arrays) == list(python[0]) == list(specs)
+        for name, want in python[0].items():
+            got = arrays[name]
+            assert got.dtype == want.dtype and got.shape == want.shape, name
+            if want.dtype == object:
+                assert got.tolist() == want.tolist(), name
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=name)
+    return python, compiled
+
+
+@pytest.mark.parametrize("datatype", [*NUMERIC, "BYTES"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("encoding", ["json", "nested", "binary"])
+def test_what_clients_send_takes_the_compiled_path_to_the_same_arrays(datatype, shape, encoding):
+    rng = random.Random(hash((datatype, shape, encoding)) & 0xFFFF)
+    specs = specs_of(("x", datatype, shape, False), ("other", "FP32", (-1, 1), False))
+    for rows in (1, 2, 5):
+        dims = concrete(shape, rows)
+        batch = dims[0] if shape[0] == -1 else rows
+        x = values_of(datatype, int(np.prod(dims)), rng)
+        other = values_of("FP32", batch, rng)
+        body = b"{}"
+        if encoding == "binary":
+            blob = binary_of(datatype, x)
+            tensor = {"name": "x", "datatype": datatype, "shape": dims, "parameters": {"binary_data_size": len(blob)}}
+            body += blob
+        else:
+            tensor = {"name": "x", "datatype": datatype, "shape": dims,
+                      "data": nested(x, dims) if encoding == "nested" else x}
+        tensors = [{"name": "other", "datatype": "FP32", "shape": [batch, 1], "data": other}, tensor]
+        python, compiled = both(tensors, specs, body, 2)
+        assert not isinstance(python, v2.V2Error), python
+        if datatype == "FP16" and encoding != "binary":
+            assert compiled is None  # numpy rounds to half precision: the Python parser does it
+        else:
+            assert compiled is not None, "a request every client sends missed the compiled parser"
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64", "BYTES"])
+@pytest.mark.parametrize("nullable", [True, False], ids=["nullable", "not-nullable"])
+def test_missing_values_agree(datatype, nullable):
+    specs = specs_of(("x", datatype, (-1, 1), nullable))
+    both([{"name": "x", "datatype": datatype, "shape": [3, 1], "data": [None, None, None]}], specs)
+    mixed = [1.5, None, 2] if datatype != "BYTES" else ["a", None, "b"]
+    both([{"name": "x", "datatype": datatype, "shape": [3], "data": mixed}], specs)
+    if datatype != "BYTES":
+        for special in (np.nan, np.inf, -np.inf):
+            raw = np.array([1, special], dtype=v2.WIRE_DTYPE[datatype]).tobytes()
+            python, compiled = both([{"name": "x", "datatype": datatype, "shape": [2, 1],
+                                      "parameters": {"binary_data_size": len(raw)}}], specs, raw, 0)
+            assert isinstance(python, v2.V2Error) != (nullable and np.isnan(special))
+
+
+BROKEN = {
+    "bool in an int": ("INT32", [True]), "int in a bool": ("BOOL", [1]), "float in an int": ("INT64", [1.0]),
+    "str in a float": ("FP32", ["1.5"]), "int in a str": ("BYTES", [1]), "above INT8": ("INT8", [128]),
+    "below INT8": ("INT8", [-129]), "negative UINT": ("UINT32", [-1]), "above UINT64": ("UINT64", [2**64]),
+    "above INT64": ("INT64", [2**63]), "FP32 overflow": ("FP32", [1e39]), "a huge int in FP32": ("FP32", [2**60]),
+    "a long string": ("BYTES", ["x" * 41]), "a long UTF-8 string": ("BYTES", ["€" * 14]),
+    "lists and values at one level": ("FP32", [[1.0], 2.0]), "a dict": ("FP64", [{}]),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_values_python_refuses_are_never_taken(case):
+    datatype, data = BROKEN[case]
+    python, compiled = both([{"name": "x", "datatype": datatype, "shape": [1, 1], "data": data}],
+                            specs_of(("x", datatype, (-1, 1), False)))
+    assert isinstance(python, v2.V2Error) or case == "a huge int in FP32"
+    assert compiled is None
+
+
+def test_a_seeded_fuzz_of_broken_requests_agrees():
+    """Mutations of good requests (keys dropped or changed, shapes, counts, types, binary sizes): whatever the
+    compiled parser takes, the Python parser takes to the same arrays (`both` checks it)."""
+    rng = random.Random(7)
+
+    def junk_value():  # a fresh copy: a mutated junk list must not become part of itself (JSON has no cycles)
+        return copy.deepcopy(rng.choice(junk))
+
+    specs = specs_of(("a", "FP32", (-1, 1), True), ("b", "BYTES", (-1, 1), False), ("c", "INT64", (-1, 3), False),
+                     ("d", "UINT8", (2, 2), False))
+    junk = [None, True, 0, -1, 1.5, "x", [], [1], {}, {"binary_data_size": 3}, [[1, 2, 3]], 2**70, "FP32"]
+    taken = refused = 0
+    for _ in range(4000):
+        rows = rng.choice([1, 2, 3])
+        c = values_of("INT64", rows * 3, rng)
+        d_raw = binary_of("UINT8", values_of("UINT8", 4, rng))
+        tensors = [{"name": "a", "datatype": "FP32", "shape": [rows, 1], "data": values_of("FP32", rows, rng)},
+                   {"name": "b", "datatype": "BYTES", "shape": [rows], "data": values_of("BYTES", rows, rng)},
+                   {"name": "c", "datatype": "INT64", "shape": [rows, 3], "data": nested(c, [rows, 3])},
+                   {"name": "d", "datatype": "UINT8", "shape": [2, 2], "parameters": {"binary_data_size": 4}}]
+        body = b"{}" + d_raw
+        for _ in range(rng.choice([0, 1, 1, 2, 3])):
+            tensor = rng.choice(tensors)
+            action = rng.randrange(7)
+            if action == 0:
+                tensor.pop(rng.choice(list(tensor)))
+            elif action == 1:
+                tensor[rng.choice(["name", "datatype", "shape", "data", "parameters"])] = junk_value()
+            elif action == 2 and "shape" in tensor and type(tensor["shape"]) is list and tensor["shape"]:
+                tensor["shape"][rng.randrange(len(tensor["shape"]))] = rng.choice([0, 1, 2, 4, -1, True])
+            elif action == 3 and type(tensor.get("data")) is list and tensor["data"]:
+                tensor["data"][rng.randrange(len(tensor["data"]))] = junk_value()
+            elif action == 4:
+                tensors.append(copy.deepcopy(rng.choice(tensors)))
+            elif action == 5:
+                tensors.remove(tensor)
+            else:
+                body = rng.choice([body[:-1], body + b"\0", body])
+        python, compiled = both(tensors, specs, body, 2)
+        taken += compiled is not None
+        refused += isinstance(python, v2.V2Error)
+    assert taken > 500 and refused > 1000  # both sides of the line were exercised
