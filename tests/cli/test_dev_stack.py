@@ -89,6 +89,8 @@ def test_the_wheel_installs_lakeloop_alone_and_carries_what_dev_up_deploys(insta
         assert not (bundle / folder).is_symlink()
     assert (bundle / "deployments.yaml").read_text() == (ROOT / "deployments.yaml").read_text()
     assert (bundle / "examples" / "fraud" / "lakeloop.yaml").is_file()
+    compiled = sorted(p.name.split(".")[0] for p in (installed / "lakeloop" / "serving").glob("*.so"))
+    assert compiled == ["_front", "_tensors"]  # the model server's compiled parts: HTTP front, V2 parser
     where = subprocess.run([sys.executable, "-c", "import importlib.util, lakeloop; print(lakeloop.__file__); "
                             "print(importlib.util.find_spec('flows'))"], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(installed)}, cwd=installed.parent, check=True)

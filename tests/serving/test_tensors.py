@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import random
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ SHAPES = [(-1, 1), (-1,), (-1, 3), (-1, 2, 2), (2, 3), (-1, 1, 2, 1)]
 
 
 def specs_of(*inputs: tuple[str, str, tuple[int, ...], bool]) -> v2.Inputs:
-    return v2.Inputs({name: v2.InputSpec(name, datatype, shape, nullable) for name, datatype, shape, nullable in inputs})
+    return v2.Inputs({name: v2.InputSpec(name, datatype, shape, nullable)
+                      for name, datatype, shape, nullable in inputs})
 
 
 def values_of(datatype: str, count: int, rng: random.Random) -> list:
@@ -81,7 +83,7 @@ def both(tensors: list, specs: v2.Inputs, body: bytes = b"", start: int | None =
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("encoding", ["json", "nested", "binary"])
 def test_what_clients_send_takes_the_compiled_path_to_the_same_arrays(datatype, shape, encoding):
-    rng = random.Random(hash((datatype, shape, encoding)) & 0xFFFF)
+    rng = random.Random(zlib.crc32(repr((datatype, shape, encoding)).encode()))  # noqa: S311 (test data, seeded)
     specs = specs_of(("x", datatype, shape, False), ("other", "FP32", (-1, 1), False))
     for rows in (1, 2, 5):
         dims = concrete(shape, rows)
@@ -115,8 +117,8 @@ def test_missing_values_agree(datatype, nullable):
     if datatype != "BYTES":
         for special in (np.nan, np.inf, -np.inf):
             raw = np.array([1, special], dtype=v2.WIRE_DTYPE[datatype]).tobytes()
-            python, compiled = both([{"name": "x", "datatype": datatype, "shape": [2, 1],
-                                      "parameters": {"binary_data_size": len(raw)}}], specs, raw, 0)
+            python, _ = both([{"name": "x", "datatype": datatype, "shape": [2, 1],
+                               "parameters": {"binary_data_size": len(raw)}}], specs, raw, 0)
             assert isinstance(python, v2.V2Error) != (nullable and np.isnan(special))
 
 
@@ -142,7 +144,7 @@ def test_values_python_refuses_are_never_taken(case):
 def test_a_seeded_fuzz_of_broken_requests_agrees():
     """Mutations of good requests (keys dropped or changed, shapes, counts, types, binary sizes): whatever the
     compiled parser takes, the Python parser takes to the same arrays (`both` checks it)."""
-    rng = random.Random(7)
+    rng = random.Random(7)  # noqa: S311 (a seeded fuzz, not a secret)
 
     def junk_value():  # a fresh copy: a mutated junk list must not become part of itself (JSON has no cycles)
         return copy.deepcopy(rng.choice(junk))
