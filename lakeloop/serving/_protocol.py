@@ -141,7 +141,7 @@ def parse(body: bytes, header_length: str | None, specs: dict[str, InputSpec], l
     if type(request) is not dict or type(request.get("inputs")) is not list or not request["inputs"]:
         raise V2Error("the request must be a JSON object with a non-empty 'inputs' list")
     tensors = request["inputs"]
-    arrays, rows = (_compiled(tensors, body, len(body) - len(binary), specs, limits)
+    arrays, rows = (compiled_inputs(tensors, body, len(body) - len(binary), specs, limits)
                     or _inputs(tensors, specs, binary, limits))
     parameters = request.get("parameters")
     parameters = parameters if type(parameters) is dict else {}
@@ -154,10 +154,11 @@ def parse(body: bytes, header_length: str | None, specs: dict[str, InputSpec], l
                         parameters)
 
 
-def _compiled(tensors: list, body: bytes, start: int, specs: dict[str, InputSpec], limits: Limits
-              ) -> tuple[dict[str, np.ndarray], int] | None:
+def compiled_inputs(tensors: list, body: bytes, start: int, specs: dict[str, InputSpec], limits: Limits
+                    ) -> tuple[dict[str, np.ndarray], int] | None:
     """`_inputs` compiled (lakeloop/serving/_tensors.c), for the requests it takes; None for the others
-    (and where it is not built), which `_inputs` then takes or refuses with its message."""
+    (and where it is not built), which the Python parser then takes or refuses with its message.
+    `tensors` are the request's JSON tensor objects; binary tensors are `body[start:]`."""
     if _tensors is None or not NATIVE_IS_WIRE or type(body) is not bytes:
         return None
     table, names = (specs if isinstance(specs, Inputs) else Inputs(specs)).table

@@ -15,8 +15,9 @@ import zlib
 import numpy as np
 import pytest
 
+from lakeloop.serving import _grpc, _tensors
+from lakeloop.serving import _inference_pb2 as pb
 from lakeloop.serving import _protocol as v2
-from lakeloop.serving import _tensors
 
 LIMITS = v2.Limits(max_batch=64, max_string_bytes=40)
 NUMERIC = [d for d in v2.NUMPY_OF]
@@ -183,3 +184,55 @@ def test_a_seeded_fuzz_of_broken_requests_agrees():
         taken += compiled is not None
         refused += isinstance(python, v2.V2Error)
     assert taken > 500 and refused > 1000  # both sides of the line were exercised
+
+
+def grpc_both(request, specs: v2.Inputs):
+    """gRPC's raw contents: (the Python parse or its V2Error, the compiled one or None), as `both`."""
+    raw = request.raw_input_contents
+    try:
+        python = _grpc._inputs(request, raw, specs, LIMITS)
+    except v2.V2Error as exc:
+        python = exc
+    compiled = _grpc._compiled(request, raw, specs, LIMITS)
+    if compiled is not None:
+        assert not isinstance(python, v2.V2Error), f"the compiled parser took what Python refuses ({python})"
+        assert compiled[1] == python[1] and list(compiled[0]) == list(python[0])
+        for name, want in python[0].items():
+            got = compiled[0][name]
+            assert got.dtype == want.dtype and got.shape == want.shape, name
+            assert got.tolist() == want.tolist(), name
+    return python, compiled
+
+
+@pytest.mark.parametrize("datatype", [*NUMERIC, "BYTES"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_grpc_raw_contents_take_the_compiled_path_to_the_same_arrays(datatype, shape):
+    rng = random.Random(zlib.crc32(repr((datatype, shape)).encode()))  # noqa: S311 (test data, seeded)
+    specs = specs_of(("x", datatype, shape, False), ("other", "FP32", (-1, 1), False))
+    for rows in (1, 3):
+        dims = concrete(shape, rows)
+        batch = dims[0] if shape[0] == -1 else rows
+        x, other = values_of(datatype, int(np.prod(dims)), rng), values_of("FP32", batch, rng)
+        request = pb.ModelInferRequest(model_name="m", raw_input_contents=[binary_of("FP32", other),
+                                                                           binary_of(datatype, x)])
+        request.inputs.add(name="other", datatype="FP32", shape=[batch, 1])
+        request.inputs.add(name="x", datatype=datatype, shape=dims)
+        python, compiled = grpc_both(request, specs)
+        assert not isinstance(python, v2.V2Error), python
+        assert compiled is not None, "tritonclient's raw contents missed the compiled parser"
+        # broken: one byte short, a wrong datatype, a wrong shape, shared-memory parameters
+        short = pb.ModelInferRequest()
+        short.CopyFrom(request)
+        short.raw_input_contents[1] = short.raw_input_contents[1][:-1]
+        wrong_type = pb.ModelInferRequest()
+        wrong_type.CopyFrom(request)
+        wrong_type.inputs[1].datatype = "FP64" if datatype != "FP64" else "FP32"
+        wrong_shape = pb.ModelInferRequest()
+        wrong_shape.CopyFrom(request)
+        wrong_shape.inputs[1].shape[-1] += 1
+        shared = pb.ModelInferRequest()
+        shared.CopyFrom(request)
+        shared.inputs[1].parameters["shared_memory_region"].string_param = "r"
+        for broken in (short, wrong_type, wrong_shape, shared):
+            python, compiled = grpc_both(broken, specs)
+            assert isinstance(python, v2.V2Error) and compiled is None, (python, compiled)
