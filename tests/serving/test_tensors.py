@@ -65,19 +65,25 @@ def both(tensors: list, specs: v2.Inputs, body: bytes = b"", start: int | None =
     except v2.V2Error as exc:
         python = exc
     compiled = _tensors.inputs(tensors, *specs.table, body, start, LIMITS.max_string_bytes, LIMITS.max_batch)
-    if compiled is not None:
-        assert not isinstance(python, v2.V2Error), f"the compiled parser took what Python refuses ({python})"
-        arrays, rows = compiled
-        assert rows == python[1]
-        assert list(arrays) == list(python[0]) == list(specs)
-        for name, want in python[0].items():
-            got = arrays[name]
-            assert got.dtype == want.dtype and got.shape == want.shape, name
-            if want.dtype == object:
-                assert got.tolist() == want.tolist(), name
-            else:
-                np.testing.assert_array_equal(got, want, err_msg=name)
+    agree(python, compiled, specs)
     return python, compiled
+
+
+def agree(python, compiled, specs: v2.Inputs) -> None:
+    """What the compiled parser took (None: it passed), the Python parser took to the same arrays."""
+    if compiled is None:
+        return
+    assert not isinstance(python, v2.V2Error), f"the compiled parser took what Python refuses ({python})"
+    arrays, rows = compiled
+    assert rows == python[1]
+    assert list(arrays) == list(python[0]) == list(specs)
+    for name, want in python[0].items():
+        got = arrays[name]
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        if want.dtype == object:
+            assert got.tolist() == want.tolist(), name
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=name)
 
 
 @pytest.mark.parametrize("datatype", [*NUMERIC, "BYTES"])
@@ -194,13 +200,7 @@ def grpc_both(request, specs: v2.Inputs):
     except v2.V2Error as exc:
         python = exc
     compiled = _grpc._compiled(request, raw, specs, LIMITS)
-    if compiled is not None:
-        assert not isinstance(python, v2.V2Error), f"the compiled parser took what Python refuses ({python})"
-        assert compiled[1] == python[1] and list(compiled[0]) == list(python[0])
-        for name, want in python[0].items():
-            got = compiled[0][name]
-            assert got.dtype == want.dtype and got.shape == want.shape, name
-            assert got.tolist() == want.tolist(), name
+    agree(python, compiled, specs)
     return python, compiled
 
 
