@@ -373,9 +373,10 @@ def throughput(args, work: Path, stack: Stack, registry: Registry, model_dir: Pa
                                    registry.repository, "--cpus", SERVER_CPU, "--workers", "1", "--cache-dir",
                                    str(work / "cache"), "--log-repository", "bench-logs", "--poll-seconds", "1"],
                       ("json", "binary", "grpc"), stack.serve_env(), key)
-    # the same server on uvicorn: what lakeloop's compiled HTTP front gains (gRPC is the same either way)
+    # the same server on uvicorn and grpc.aio: what lakeloop's compiled HTTP/1.1 and HTTP/2 front gains
     on_uvicorn = Server("lakeloop on uvicorn", [*lakeloop.command, "--cache-dir", str(work / "cache-uvicorn"),
-                                                "--http", "uvicorn"], ("json", "binary"), stack.serve_env(), key)
+                                                "--http", "uvicorn"], ("json", "binary", "grpc"), stack.serve_env(),
+                        key)
     servers = [lakeloop, on_uvicorn,
                Server("floor", ["taskset", "-c", SERVER_CPU, sys.executable,
                                 str(ROOT / "benchmarks" / "_floor_server.py"), str(work / "floor-answers.json")],
@@ -394,11 +395,12 @@ def throughput(args, work: Path, stack: Stack, registry: Registry, model_dir: Pa
     for spec in servers:
         with serving(spec, work / f"{spec.name.split()[0]}.log") as running:
             answers = {"http": {}, "grpc": {}}
+            minted = False
             for body in bodies:
                 if body.encoding not in spec.encodings:
                     continue
-                if body.encoding == "grpc" and spec is lakeloop and not grpc_key:
-                    grpc_key = stack.grpc_key(running.grpc, body)  # h2load's key: see h2load()
+                if body.encoding == "grpc" and spec.auth and not minted:
+                    grpc_key, minted = stack.grpc_key(running.grpc, body), True  # h2load's key: see h2load()
                 # the other servers check no key: they get the (by then retired) gRPC key, so every server
                 # receives requests of the same bytes
                 auth = spec.auth if spec.auth and body.encoding != "grpc" else grpc_key
@@ -423,8 +425,9 @@ def throughput(args, work: Path, stack: Stack, registry: Registry, model_dir: Pa
             footprint[spec.name] = {"start_s": round(running.start_s, 2), "rss_mb": round(running.rss_mb(), 1)}
             if spec.auth:  # lakeloop, on either HTTP layer
                 footprint[spec.name]["log"] = log_counts(running.url, key)
-            if spec is lakeloop:
+            if minted:
                 stack.retire_grpc_key()
+            if spec is lakeloop:
                 (work / "floor-answers.json").write_text(json.dumps(answers))
     return runs, footprint
 

@@ -413,4 +413,5 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
 
     app.startup, app.shutdown, app.handle, app.early, app.pending, app.limits = (startup, shutdown, handle, early,
                                                                                  pending, limits)
+    app.server = server
     return app

@@ -48,12 +48,13 @@ typedef struct Conn {
     Py_ssize_t content_length;
     double deadline;
     PyObject *method, *path, *headers, *body; /* the request being read or handled */
+    struct H2 *h2; /* an HTTP/2 connection's state (a Front made with http2=True), else NULL */
     struct Conn *prev, *next, *resume_next;
 } Conn;
 
 typedef struct Front {
     PyObject_HEAD
-    int epfd, listen_fd, wakefd, in_poll, listening;
+    int epfd, listen_fd, wakefd, in_poll, listening, http2;
     PyObject *handler, *early;
     Py_ssize_t max_head, max_body;
     double head_timeout, body_timeout, idle_timeout;
@@ -63,6 +64,10 @@ typedef struct Front {
 } Front;
 
 static PyTypeObject ConnType, FrontType;
+static void h2_advance(Conn *c, int alone);
+static void h2_drop_streams(Conn *c);
+static int h2_start(Conn *c);
+static int h2_busy(Conn *c);
 
 static double now(void) {
     struct timespec t;
@@ -98,6 +103,7 @@ static void conn_close(Conn *c) {
     close(c->fd);
     c->fd = -1;
     clear_request(c);
+    if (c->h2) h2_drop_streams(c);
     if (c->busy) { c->busy = 0; f->n_busy--; }
     if (c->prev) c->prev->next = c->next; else f->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -538,6 +544,7 @@ static void dispatch(Conn *c, int alone) {
 
 /* Parse and dispatch what c holds, one request at a time (answers stay in order). */
 static void advance(Conn *c, int alone) {
+    if (c->h2) { h2_advance(c, alone); return; }
     while (!c->closed && !c->busy && c->out_len == 0) {
         int r = parse_one(c);
         if (r == 1) { dispatch(c, alone && c->front->n_busy == 0); alone = 0; continue; }
@@ -561,7 +568,7 @@ static void on_readable(Conn *c) {
     else if (n == 0) { c->peer_closed = 1; update_events(c); }
     else if (errno == EAGAIN || errno == EINTR) return;
     else { conn_close(c); return; }
-    if (c->peer_closed && !c->busy && c->in_len == 0) { conn_close(c); return; }
+    if (c->peer_closed && !c->busy && c->in_len == 0 && !(c->h2 && h2_busy(c))) { conn_close(c); return; }
     push_resume(c);
 }
 
@@ -584,7 +591,856 @@ static void on_accept(Front *f) {
         c->next = f->conns;
         if (f->conns) f->conns->prev = c;
         f->conns = c;
+        if (f->http2 && h2_start(c) < 0) { PyErr_Clear(); conn_close(c); }
     }
+}
+
+/* ---- HTTP/2, for gRPC (a Front made with http2=True) ----
+ *
+ * What gRPC's unary calls need of RFC 9113 and RFC 7541 (HPACK), as a server: the preface and
+ * SETTINGS, HEADERS and CONTINUATION (decoded with the dynamic table and Huffman strings), DATA with
+ * flow control both ways, PING, WINDOW_UPDATE, RST_STREAM and GOAWAY; up to H2_MAX_STREAMS streams a
+ * connection. Each complete call (one length-prefixed message, as gRPC frames it) is handed to
+ * handler(conn, stream_id, path, headers, message, alone), which answers with
+ * conn.respond_grpc(stream_id, status, message or None, detail). The front answers by itself what never
+ * reaches Python: a message over max_body (RESOURCE_EXHAUSTED), a compressed or misframed message, a
+ * head over max_head, a call not complete within body_timeout (DEADLINE_EXCEEDED), and protocol errors
+ * (GOAWAY). A connection with no call for idle_timeout gets a GOAWAY and closes.
+ */
+
+#define H2_MAX_STREAMS 100
+#define H2_FRAME 16384          /* our SETTINGS_MAX_FRAME_SIZE: the default */
+#define H2_TABLE 4096           /* our SETTINGS_HEADER_TABLE_SIZE: the default */
+#define H2_OUT_BOUND (1 << 20)  /* input waits while this much output is unsent (a peer that does not read) */
+#define H2_DETAIL 2048          /* grpc-message is cut to this many bytes */
+#define H2_WINDOW_MAX 0x7fffffffLL
+static const char H2_PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+enum { F_DATA, F_HEADERS, F_PRIORITY, F_RST, F_SETTINGS, F_PUSH, F_PING, F_GOAWAY, F_WINDOW, F_CONTINUATION };
+enum { FL_END_STREAM = 1, FL_ACK = 1, FL_END_HEADERS = 4, FL_PADDED = 8, FL_PRIORITY = 0x20 };
+enum { E_NO_ERROR = 0, E_PROTOCOL = 1, E_FLOW_CONTROL = 3, E_STREAM_CLOSED = 5, E_FRAME_SIZE = 6, E_REFUSED = 7,
+       E_COMPRESSION = 9 };
+enum { G_DEADLINE_EXCEEDED = 4, G_RESOURCE_EXHAUSTED = 8, G_UNIMPLEMENTED = 12, G_INTERNAL = 13 };
+
+typedef struct Stream {
+    uint32_t id;
+    int busy;     /* handed to Python and not answered */
+    int ended;    /* the client's half is closed (END_STREAM) */
+    int answered; /* our answer is queued: its DATA may wait for the client's window */
+    double deadline;
+    PyObject *path, *headers;
+    char *data; size_t len, cap;   /* the DATA received */
+    int64_t credit;                /* bytes it took from the connection window, given back when it ends */
+    int64_t window;                /* what we may still send on it */
+    char *out; size_t out_len, out_off; /* our DATA (the framed message) */
+    char trailers[H2_DETAIL * 3 + 128]; size_t trailers_len;
+    struct Stream *next;
+} Stream;
+
+typedef struct { char *name, *value; size_t nlen, vlen; } Entry;
+
+typedef struct H2 {
+    int preface, goaway, in_advance, peer_goaway;
+    Stream *streams; int n_streams;
+    uint32_t last_id;
+    uint32_t cont_id; int cont_flags; /* a header block that continues in CONTINUATION frames */
+    char *block; size_t block_len, block_cap;
+    Entry *table; size_t n_table, table_cap, table_size, table_max; /* HPACK's dynamic table, oldest first */
+    char *scratch; size_t scratch_len, scratch_cap;
+    int64_t send_window, peer_initial; uint32_t peer_frame;
+    int64_t recv_window, recv_max, credit;
+} H2;
+
+/* RFC 7541 Appendix B: the HPACK Huffman code of each symbol (0-255, 256 = EOS) and its length in bits. */
+static const uint32_t HUFFMAN_CODE[257] = {
+    0x1ff8, 0x7fffd8, 0xfffffe2, 0xfffffe3, 0xfffffe4, 0xfffffe5, 0xfffffe6, 0xfffffe7, 0xfffffe8, 0xffffea,
+    0x3ffffffc, 0xfffffe9, 0xfffffea, 0x3ffffffd, 0xfffffeb, 0xfffffec, 0xfffffed, 0xfffffee, 0xfffffef, 0xffffff0,
+    0xffffff1, 0xffffff2, 0x3ffffffe, 0xffffff3, 0xffffff4, 0xffffff5, 0xffffff6, 0xffffff7, 0xffffff8, 0xffffff9,
+    0xffffffa, 0xffffffb, 0x14, 0x3f8, 0x3f9, 0xffa, 0x1ff9, 0x15, 0xf8, 0x7fa, 0x3fa, 0x3fb, 0xf9, 0x7fb, 0xfa,
+    0x16, 0x17, 0x18, 0x0, 0x1, 0x2, 0x19, 0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f, 0x5c, 0xfb, 0x7ffc, 0x20, 0xffb,
+    0x3fc, 0x1ffa, 0x21, 0x5d, 0x5e, 0x5f, 0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6a, 0x6b,
+    0x6c, 0x6d, 0x6e, 0x6f, 0x70, 0x71, 0x72, 0xfc, 0x73, 0xfd, 0x1ffb, 0x7fff0, 0x1ffc, 0x3ffc, 0x22, 0x7ffd, 0x3,
+    0x23, 0x4, 0x24, 0x5, 0x25, 0x26, 0x27, 0x6, 0x74, 0x75, 0x28, 0x29, 0x2a, 0x7, 0x2b, 0x76, 0x2c, 0x8, 0x9,
+    0x2d, 0x77, 0x78, 0x79, 0x7a, 0x7b, 0x7ffe, 0x7fc, 0x3ffd, 0x1ffd, 0xffffffc, 0xfffe6, 0x3fffd2, 0xfffe7,
+    0xfffe8, 0x3fffd3, 0x3fffd4, 0x3fffd5, 0x7fffd9, 0x3fffd6, 0x7fffda, 0x7fffdb, 0x7fffdc, 0x7fffdd, 0x7fffde,
+    0xffffeb, 0x7fffdf, 0xffffec, 0xffffed, 0x3fffd7, 0x7fffe0, 0xffffee, 0x7fffe1, 0x7fffe2, 0x7fffe3, 0x7fffe4,
+    0x1fffdc, 0x3fffd8, 0x7fffe5, 0x3fffd9, 0x7fffe6, 0x7fffe7, 0xffffef, 0x3fffda, 0x1fffdd, 0xfffe9, 0x3fffdb,
+    0x3fffdc, 0x7fffe8, 0x7fffe9, 0x1fffde, 0x7fffea, 0x3fffdd, 0x3fffde, 0xfffff0, 0x1fffdf, 0x3fffdf, 0x7fffeb,
+    0x7fffec, 0x1fffe0, 0x1fffe1, 0x3fffe0, 0x1fffe2, 0x7fffed, 0x3fffe1, 0x7fffee, 0x7fffef, 0xfffea, 0x3fffe2,
+    0x3fffe3, 0x3fffe4, 0x7ffff0, 0x3fffe5, 0x3fffe6, 0x7ffff1, 0x3ffffe0, 0x3ffffe1, 0xfffeb, 0x7fff1, 0x3fffe7,
+    0x7ffff2, 0x3fffe8, 0x1ffffec, 0x3ffffe2, 0x3ffffe3, 0x3ffffe4, 0x7ffffde, 0x7ffffdf, 0x3ffffe5, 0xfffff1,
+    0x1ffffed, 0x7fff2, 0x1fffe3, 0x3ffffe6, 0x7ffffe0, 0x7ffffe1, 0x3ffffe7, 0x7ffffe2, 0xfffff2, 0x1fffe4,
+    0x1fffe5, 0x3ffffe8, 0x3ffffe9, 0xffffffd, 0x7ffffe3, 0x7ffffe4, 0x7ffffe5, 0xfffec, 0xfffff3, 0xfffed,
+    0x1fffe6, 0x3fffe9, 0x1fffe7, 0x1fffe8, 0x7ffff3, 0x3fffea, 0x3fffeb, 0x1ffffee, 0x1ffffef, 0xfffff4, 0xfffff5,
+    0x3ffffea, 0x7ffff4, 0x3ffffeb, 0x7ffffe6, 0x3ffffec, 0x3ffffed, 0x7ffffe7, 0x7ffffe8, 0x7ffffe9, 0x7ffffea,
+    0x7ffffeb, 0xffffffe, 0x7ffffec, 0x7ffffed, 0x7ffffee, 0x7ffffef, 0x7fffff0, 0x3ffffee, 0x3fffffff
+};
+static const uint8_t HUFFMAN_BITS[257] = {
+    13, 23, 28, 28, 28, 28, 28, 28, 28, 24, 30, 28, 28, 30, 28, 28, 28, 28, 28, 28, 28, 28, 30, 28, 28, 28, 28, 28,
+    28, 28, 28, 28, 6, 10, 10, 12, 13, 6, 8, 11, 10, 10, 8, 11, 8, 6, 6, 6, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 7, 8, 15,
+    6, 12, 10, 13, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 8, 7, 8, 13, 19, 13, 14, 6,
+    15, 5, 6, 5, 6, 5, 6, 6, 6, 5, 7, 7, 6, 6, 6, 5, 6, 7, 6, 5, 5, 6, 7, 7, 7, 7, 7, 15, 11, 14, 13, 28, 20, 22,
+    20, 20, 22, 22, 22, 23, 22, 23, 23, 23, 23, 23, 24, 23, 24, 24, 22, 23, 24, 23, 23, 23, 23, 21, 22, 23, 22, 23,
+    23, 24, 22, 21, 20, 22, 22, 23, 23, 21, 23, 22, 22, 24, 21, 22, 23, 23, 21, 21, 22, 21, 23, 22, 23, 23, 20, 22,
+    22, 22, 23, 22, 22, 23, 26, 26, 20, 19, 22, 23, 22, 25, 26, 26, 26, 27, 27, 26, 24, 25, 19, 21, 26, 27, 27, 26,
+    27, 24, 21, 21, 26, 26, 28, 27, 27, 27, 20, 24, 20, 21, 22, 21, 21, 23, 22, 22, 25, 25, 24, 24, 26, 23, 26, 27,
+    26, 26, 27, 27, 27, 27, 27, 28, 27, 27, 27, 27, 27, 26, 30
+};
+
+/* RFC 7541 Appendix A: the static table (index 1-61). */
+static const char *const STATIC_TABLE[61][2] = {
+    {":authority", ""},
+    {":method", "GET"},
+    {":method", "POST"},
+    {":path", "/"},
+    {":path", "/index.html"},
+    {":scheme", "http"},
+    {":scheme", "https"},
+    {":status", "200"},
+    {":status", "204"},
+    {":status", "206"},
+    {":status", "304"},
+    {":status", "400"},
+    {":status", "404"},
+    {":status", "500"},
+    {"accept-charset", ""},
+    {"accept-encoding", "gzip, deflate"},
+    {"accept-language", ""},
+    {"accept-ranges", ""},
+    {"accept", ""},
+    {"access-control-allow-origin", ""},
+    {"age", ""},
+    {"allow", ""},
+    {"authorization", ""},
+    {"cache-control", ""},
+    {"content-disposition", ""},
+    {"content-encoding", ""},
+    {"content-language", ""},
+    {"content-length", ""},
+    {"content-location", ""},
+    {"content-range", ""},
+    {"content-type", ""},
+    {"cookie", ""},
+    {"date", ""},
+    {"etag", ""},
+    {"expect", ""},
+    {"expires", ""},
+    {"from", ""},
+    {"host", ""},
+    {"if-match", ""},
+    {"if-modified-since", ""},
+    {"if-none-match", ""},
+    {"if-range", ""},
+    {"if-unmodified-since", ""},
+    {"last-modified", ""},
+    {"link", ""},
+    {"location", ""},
+    {"max-forwards", ""},
+    {"proxy-authenticate", ""},
+    {"proxy-authorization", ""},
+    {"range", ""},
+    {"referer", ""},
+    {"refresh", ""},
+    {"retry-after", ""},
+    {"server", ""},
+    {"set-cookie", ""},
+    {"strict-transport-security", ""},
+    {"transfer-encoding", ""},
+    {"user-agent", ""},
+    {"vary", ""},
+    {"via", ""},
+    {"www-authenticate", ""}
+};
+
+static int16_t HUFFMAN_TREE[256][2]; /* internal nodes; a child < 0 is the leaf of symbol -child - 1 */
+
+static void huffman_build(void) {
+    int nodes = 1;
+    for (int s = 0; s < 257; s++) {
+        int node = 0;
+        for (int i = HUFFMAN_BITS[s] - 1; i >= 0; i--) {
+            int bit = (HUFFMAN_CODE[s] >> i) & 1;
+            if (i == 0) HUFFMAN_TREE[node][bit] = (int16_t)(-s - 1);
+            else {
+                if (HUFFMAN_TREE[node][bit] == 0) HUFFMAN_TREE[node][bit] = (int16_t)nodes++;
+                node = HUFFMAN_TREE[node][bit];
+            }
+        }
+    }
+}
+
+static int scratch_room(H2 *h, size_t more) {
+    return grow(&h->scratch, &h->scratch_cap, h->scratch_len + more);
+}
+
+/* Decode a Huffman string onto the scratch buffer. 0, or -1 for a malformed string. */
+static int huffman_decode(H2 *h, const uint8_t *p, size_t len) {
+    if (scratch_room(h, len * 8 / 5 + 1) < 0) { PyErr_Clear(); return -1; }
+    char *out = h->scratch + h->scratch_len;
+    int node = 0, depth = 0, ones = 1;
+    for (size_t i = 0; i < len; i++) {
+        for (int b = 7; b >= 0; b--) {
+            int bit = (p[i] >> b) & 1;
+            int next = HUFFMAN_TREE[node][bit];
+            if (next < 0) {
+                if (next == -257) return -1; /* EOS inside a string */
+                *out++ = (char)(-next - 1);
+                node = depth = 0; ones = 1;
+            } else { node = next; depth++; ones &= bit; }
+        }
+    }
+    if (depth > 7 || !ones) return -1; /* padding: the EOS code's first bits, at most 7 */
+    h->scratch_len = out - h->scratch;
+    return 0;
+}
+
+static int hpack_int(const uint8_t **p, const uint8_t *end, int prefix, uint64_t *out) {
+    if (*p >= end) return -1;
+    uint64_t max = (1u << prefix) - 1, v = **p & max;
+    (*p)++;
+    if (v < max) { *out = v; return 0; }
+    for (int shift = 0; *p < end && shift <= 28; shift += 7) {
+        uint8_t b = *(*p)++;
+        v += (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) { *out = v; return 0; }
+    }
+    return -1;
+}
+
+/* A string literal onto the scratch buffer: its offset and length there. */
+static int hpack_string(H2 *h, const uint8_t **p, const uint8_t *end, size_t *off, size_t *len) {
+    if (*p >= end) return -1;
+    int huffman = **p & 0x80;
+    uint64_t n;
+    if (hpack_int(p, end, 7, &n) < 0 || n > (uint64_t)(end - *p)) return -1;
+    *off = h->scratch_len;
+    if (huffman) { if (huffman_decode(h, *p, n) < 0) return -1; }
+    else {
+        if (scratch_room(h, n) < 0) { PyErr_Clear(); return -1; }
+        memcpy(h->scratch + h->scratch_len, *p, n);
+        h->scratch_len += n;
+    }
+    *p += n;
+    *len = h->scratch_len - *off;
+    return 0;
+}
+
+static void table_evict(H2 *h, size_t max) {
+    size_t drop = 0;
+    while (drop < h->n_table && h->table_size > max) {
+        h->table_size -= h->table[drop].nlen + h->table[drop].vlen + 32;
+        PyMem_Free(h->table[drop].name);
+        drop++;
+    }
+    memmove(h->table, h->table + drop, (h->n_table - drop) * sizeof(Entry));
+    h->n_table -= drop;
+}
+
+static int table_add(H2 *h, const char *name, size_t nlen, const char *value, size_t vlen) {
+    size_t size = nlen + vlen + 32;
+    char *copy = size <= h->table_max ? PyMem_Malloc(nlen + vlen + 1) : NULL;
+    if (size <= h->table_max && !copy) return -1;
+    if (copy) { memcpy(copy, name, nlen); memcpy(copy + nlen, value, vlen); }
+    table_evict(h, size <= h->table_max ? h->table_max - size : 0); /* after the copy: name may be an entry */
+    if (!copy) return 0; /* larger than the table: it empties the table and is not kept (RFC 7541, 4.4) */
+    if (h->n_table == h->table_cap) {
+        size_t cap = h->table_cap ? h->table_cap * 2 : 16;
+        Entry *t = PyMem_Realloc(h->table, cap * sizeof(Entry));
+        if (!t) { PyMem_Free(copy); return -1; }
+        h->table = t; h->table_cap = cap;
+    }
+    h->table[h->n_table++] = (Entry){copy, copy + nlen, nlen, vlen};
+    h->table_size += size;
+    return 0;
+}
+
+static int table_get(H2 *h, uint64_t index, const char **name, size_t *nlen, const char **value, size_t *vlen) {
+    if (index >= 1 && index <= 61) {
+        *name = STATIC_TABLE[index - 1][0]; *nlen = strlen(*name);
+        *value = STATIC_TABLE[index - 1][1]; *vlen = strlen(*value);
+        return 0;
+    }
+    if (index < 62 || index - 62 >= h->n_table) return -1;
+    Entry *e = &h->table[h->n_table - 1 - (index - 62)];
+    *name = e->name; *nlen = e->nlen; *value = e->value; *vlen = e->vlen;
+    return 0;
+}
+
+typedef struct {
+    PyObject *headers, *path;
+    size_t size; /* the header list's size as RFC 9113 counts it */
+    int post, grpc, regular_seen, bad;
+} Head;
+
+/* One decoded field of a request head. -1: a Python error. */
+static int on_field(Head *d, const char *n, size_t nl, const char *v, size_t vl) {
+    d->size += nl + vl + 32;
+    if (nl && n[0] == ':') {
+        if (d->regular_seen) d->bad = 1;
+        if (nl == 5 && memcmp(n, ":path", 5) == 0) {
+            Py_CLEAR(d->path);
+            d->path = PyUnicode_DecodeUTF8(v, vl, "replace");
+            return d->path ? 0 : -1;
+        }
+        if (nl == 7 && memcmp(n, ":method", 7) == 0) d->post = vl == 4 && memcmp(v, "POST", 4) == 0;
+        else if (!(nl == 7 && memcmp(n, ":scheme", 7) == 0) && !(nl == 10 && memcmp(n, ":authority", 10) == 0))
+            d->bad = 1;
+        return 0;
+    }
+    d->regular_seen = 1;
+    for (size_t i = 0; i < nl; i++) if (n[i] >= 'A' && n[i] <= 'Z') d->bad = 1; /* HTTP/2 names are lowercase */
+    if (nl == 12 && memcmp(n, "content-type", 12) == 0)
+        d->grpc = vl >= 16 && memcmp(v, "application/grpc", 16) == 0 && (vl == 16 || v[16] == '+' || v[16] == ';');
+    if (d->size > (size_t)1 << 20) return 0; /* keep decoding (the table must stay in step), stop keeping */
+    PyObject *key = PyBytes_FromStringAndSize(n, nl);
+    if (!key) return -1;
+    PyObject *old = PyDict_GetItemWithError(d->headers, key), *val;
+    if (old) val = PyBytes_FromFormat("%s, %.*s", PyBytes_AS_STRING(old), (int)vl, v); /* repeated: joined */
+    else val = PyErr_Occurred() ? NULL : PyBytes_FromStringAndSize(v, vl);
+    int r = val ? PyDict_SetItem(d->headers, key, val) : -1;
+    Py_DECREF(key); Py_XDECREF(val);
+    return r;
+}
+
+/* Decode a complete header block. 0; -1: malformed (a COMPRESSION_ERROR); -2: a Python error. */
+static int hpack_decode(H2 *h, const uint8_t *p, size_t len, Head *d) {
+    const uint8_t *end = p + len;
+    int fields = 0;
+    while (p < end) {
+        h->scratch_len = 0;
+        uint8_t b = *p;
+        uint64_t index;
+        const char *name, *value;
+        size_t nlen, vlen, noff = 0, voff;
+        if (b & 0x80) { /* indexed field */
+            if (hpack_int(&p, end, 7, &index) < 0 || table_get(h, index, &name, &nlen, &value, &vlen) < 0) return -1;
+            if (on_field(d, name, nlen, value, vlen) < 0) return -2;
+        } else if ((b & 0xe0) == 0x20) { /* dynamic table size update, only before the first field */
+            if (fields || hpack_int(&p, end, 5, &index) < 0 || index > H2_TABLE) return -1;
+            h->table_max = index;
+            table_evict(h, index);
+            continue;
+        } else { /* a literal: with incremental indexing (01), without (0000) or never indexed (0001) */
+            int indexing = (b & 0xc0) == 0x40;
+            if (hpack_int(&p, end, indexing ? 6 : 4, &index) < 0) return -1;
+            if (index) {
+                const char *ignored; size_t ilen;
+                if (table_get(h, index, &name, &nlen, &ignored, &ilen) < 0) return -1;
+            } else if (hpack_string(h, &p, end, &noff, &nlen) < 0) return -1;
+            if (hpack_string(h, &p, end, &voff, &vlen) < 0) return -1;
+            if (!index) name = h->scratch + noff;
+            value = h->scratch + voff;
+            if (on_field(d, name, nlen, value, vlen) < 0) return -2;
+            if (indexing && table_add(h, name, nlen, value, vlen) < 0) { PyErr_NoMemory(); return -2; }
+        }
+        fields++;
+    }
+    return 0;
+}
+
+/* ---- frames out ---- */
+
+static int h2_frame(Conn *c, int type, int flags, uint32_t id, const void *payload, size_t len) {
+    if (grow(&c->out, &c->out_cap, c->out_len + 9 + len) < 0) return -1;
+    uint8_t *p = (uint8_t *)c->out + c->out_len;
+    p[0] = (uint8_t)(len >> 16); p[1] = (uint8_t)(len >> 8); p[2] = (uint8_t)len;
+    p[3] = (uint8_t)type; p[4] = (uint8_t)flags;
+    p[5] = (uint8_t)(id >> 24) & 0x7f; p[6] = (uint8_t)(id >> 16); p[7] = (uint8_t)(id >> 8); p[8] = (uint8_t)id;
+    if (len) memcpy(p + 9, payload, len);
+    c->out_len += 9 + len;
+    return 0;
+}
+
+static void be32(uint8_t *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
+static uint32_t get32(const uint8_t *p) { return (uint32_t)p[0] << 24 | p[1] << 16 | p[2] << 8 | p[3]; }
+
+static int h2_u32_frame(Conn *c, int type, uint32_t id, uint32_t value) {
+    uint8_t b[4];
+    be32(b, value);
+    return h2_frame(c, type, 0, id, b, 4);
+}
+
+/* Send what is queued unless the connection is in the middle of reading (it sends once at the end). */
+static void h2_flush(Conn *c) {
+    if (c->h2->in_advance || c->closed) return;
+    if (flush_out(c) < 0) conn_close(c);
+}
+
+static void stream_free(Conn *c, Stream *s) {
+    H2 *h = c->h2;
+    for (Stream **at = &h->streams; *at; at = &(*at)->next)
+        if (*at == s) { *at = s->next; break; }
+    h->n_streams--;
+    if (s->busy) c->front->n_busy--;
+    h->credit += s->credit; /* its DATA no longer counts against the connection window */
+    Py_XDECREF(s->path); Py_XDECREF(s->headers);
+    PyMem_Free(s->data); PyMem_Free(s->out); PyMem_Free(s);
+    if (h->n_streams == 0 && c->waiting == WAIT_NONE) set_wait(c, WAIT_IDLE);
+}
+
+static int h2_busy(Conn *c) { return c->h2->n_streams > 0; }
+
+static void h2_drop_streams(Conn *c) {
+    while (c->h2->streams) stream_free(c, c->h2->streams);
+}
+
+/* Give the connection window back once half of it is used (WINDOW_UPDATE on stream 0). */
+static int h2_give_back(Conn *c) {
+    H2 *h = c->h2;
+    if (h->credit < h->recv_max / 2 || c->state == DISCARD) return 0;
+    if (h2_u32_frame(c, F_WINDOW, 0, (uint32_t)h->credit) < 0) return -1;
+    h->recv_window += h->credit;
+    h->credit = 0;
+    return 0;
+}
+
+/* A connection error: GOAWAY with the code, then the connection closes. */
+static void h2_fail(Conn *c, int code, const char *why) {
+    H2 *h = c->h2;
+    uint8_t b[8 + 200];
+    size_t n = strlen(why) < 200 ? strlen(why) : 200;
+    be32(b, h->last_id); be32(b + 4, code);
+    memcpy(b + 8, why, n);
+    h2_drop_streams(c);
+    c->state = DISCARD;
+    set_wait(c, WAIT_CLOSE);
+    if (h2_frame(c, F_GOAWAY, 0, 0, b, 8 + n) < 0) { PyErr_Clear(); conn_close(c); return; }
+    h->in_advance = 0;
+    int sent = flush_out(c);
+    if (sent < 0) conn_close(c);
+    else if (sent == 0) linger(c);
+}
+
+/* Closing cleanly: GOAWAY(NO_ERROR) naming the last stream taken, and close once its answers are out. */
+static void h2_goaway(Conn *c) {
+    H2 *h = c->h2;
+    if (!h->goaway) {
+        uint8_t b[8];
+        be32(b, h->last_id); be32(b + 4, E_NO_ERROR);
+        h->goaway = 1;
+        if (h2_frame(c, F_GOAWAY, 0, 0, b, 8) < 0) { PyErr_Clear(); conn_close(c); return; }
+    }
+    if (h->n_streams) return;
+    c->state = DISCARD;
+    set_wait(c, WAIT_CLOSE);
+    if (h->in_advance) return; /* h2_advance ends it */
+    int sent = flush_out(c);
+    if (sent < 0) conn_close(c);
+    else if (sent == 0) linger(c);
+}
+
+static const uint8_t RESPONSE_HEAD[] = {0x88, /* :status 200 */
+    0x0f, 0x10, 16, 'a', 'p', 'p', 'l', 'i', 'c', 'a', 't', 'i', 'o', 'n', '/', 'g', 'r', 'p', 'c'};
+
+static size_t hpack_put_int(uint8_t *p, int prefix, uint8_t first, uint64_t v) {
+    uint64_t max = (1u << prefix) - 1;
+    if (v < max) { p[0] = first | (uint8_t)v; return 1; }
+    size_t n = 0;
+    p[n++] = first | (uint8_t)max;
+    v -= max;
+    while (v >= 128) { p[n++] = (uint8_t)(v & 0x7f) | 0x80; v >>= 7; }
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+/* grpc-status and (when there is one) grpc-message, percent-encoded as gRPC says, into s->trailers. */
+static void build_trailers(Stream *s, int code, const char *detail, size_t dlen) {
+    uint8_t *p = (uint8_t *)s->trailers;
+    size_t n = 0;
+    char digits[12];
+    int dn = snprintf(digits, sizeof digits, "%d", code);
+    p[n++] = 0; p[n++] = 11; memcpy(p + n, "grpc-status", 11); n += 11;
+    p[n++] = (uint8_t)dn; memcpy(p + n, digits, dn); n += dn;
+    if (dlen) {
+        static const char hex[] = "0123456789ABCDEF";
+        char encoded[H2_DETAIL * 3];
+        size_t e = 0;
+        if (dlen > H2_DETAIL) dlen = H2_DETAIL;
+        for (size_t i = 0; i < dlen; i++) {
+            unsigned char ch = (unsigned char)detail[i];
+            if (ch >= 0x20 && ch <= 0x7e && ch != '%') encoded[e++] = (char)ch;
+            else { encoded[e++] = '%'; encoded[e++] = hex[ch >> 4]; encoded[e++] = hex[ch & 15]; }
+        }
+        p[n++] = 0; p[n++] = 12; memcpy(p + n, "grpc-message", 12); n += 12;
+        n += hpack_put_int(p + n, 7, 0, e);
+        memcpy(p + n, encoded, e); n += e;
+    }
+    s->trailers_len = n;
+}
+
+/* Send as much of the stream's answer as the windows allow; its trailers (and the stream's end) after. */
+static int h2_pump(Conn *c, Stream *s) {
+    H2 *h = c->h2;
+    while (s->out_off < s->out_len) {
+        int64_t room = s->window < h->send_window ? s->window : h->send_window;
+        if (room > h->peer_frame) room = h->peer_frame;
+        if (room <= 0) return 0; /* the next WINDOW_UPDATE goes on */
+        size_t n = s->out_len - s->out_off < (size_t)room ? s->out_len - s->out_off : (size_t)room;
+        if (h2_frame(c, F_DATA, 0, s->id, s->out + s->out_off, n) < 0) return -1;
+        s->out_off += n; s->window -= n; h->send_window -= n;
+    }
+    if (h2_frame(c, F_HEADERS, FL_END_HEADERS | FL_END_STREAM, s->id, s->trailers, s->trailers_len) < 0) return -1;
+    if (!s->ended && h2_u32_frame(c, F_RST, s->id, E_NO_ERROR) < 0) return -1; /* we need no more of its DATA */
+    stream_free(c, s);
+    return 0;
+}
+
+/* Answer a stream: with a message (head, DATA, trailers) or trailers only (message NULL). */
+static int h2_answer(Conn *c, Stream *s, int code, const char *message, size_t mlen, const char *detail, size_t dlen) {
+    build_trailers(s, code, detail, dlen);
+    s->answered = 1;
+    if (!message) { /* one HEADERS frame: the response head and the trailers */
+        char block[sizeof RESPONSE_HEAD + sizeof s->trailers];
+        memcpy(block, RESPONSE_HEAD, sizeof RESPONSE_HEAD);
+        memcpy(block + sizeof RESPONSE_HEAD, s->trailers, s->trailers_len);
+        s->trailers_len += sizeof RESPONSE_HEAD;
+        memcpy(s->trailers, block, s->trailers_len);
+        s->out_len = s->out_off = 0;
+        return h2_pump(c, s);
+    }
+    if (h2_frame(c, F_HEADERS, FL_END_HEADERS, s->id, RESPONSE_HEAD, sizeof RESPONSE_HEAD) < 0) return -1;
+    s->out = PyMem_Malloc(mlen + 5);
+    if (!s->out) { PyErr_NoMemory(); return -1; }
+    s->out[0] = 0;
+    be32((uint8_t *)s->out + 1, (uint32_t)mlen);
+    memcpy(s->out + 5, message, mlen);
+    s->out_len = mlen + 5; s->out_off = 0;
+    return h2_pump(c, s);
+}
+
+/* An HTTP status instead of a gRPC answer (a request that is not gRPC at all), then the stream ends. */
+static int h2_http_status(Conn *c, Stream *s, int status) {
+    uint8_t block[8];
+    size_t n = 0;
+    block[n++] = 0x08; /* literal without indexing, the name :status (static index 8) */
+    n += (size_t)snprintf((char *)block + n + 1, 4, "%d", status);
+    block[1] = 3;
+    n++;
+    s->answered = 1;
+    if (h2_frame(c, F_HEADERS, FL_END_HEADERS | FL_END_STREAM, s->id, block, n) < 0) return -1;
+    if (!s->ended && h2_u32_frame(c, F_RST, s->id, E_NO_ERROR) < 0) return -1;
+    stream_free(c, s);
+    return 0;
+}
+
+static Stream *stream_find(H2 *h, uint32_t id) {
+    for (Stream *s = h->streams; s; s = s->next) if (s->id == id) return s;
+    return NULL;
+}
+
+/* ---- frames in ---- */
+
+static Stream *stream_new(Conn *c, uint32_t id) {
+    H2 *h = c->h2;
+    Stream *s = PyMem_Calloc(1, sizeof(Stream));
+    if (!s) { PyErr_NoMemory(); return NULL; }
+    s->id = id;
+    s->window = h->peer_initial;
+    s->deadline = now() + c->front->body_timeout;
+    s->next = h->streams;
+    h->streams = s;
+    h->n_streams++;
+    c->waiting = WAIT_NONE;
+    return s;
+}
+
+/* The client's half of a stream is complete: check the gRPC framing and hand the message to Python. */
+static int h2_call(Conn *c, Stream *s, int *alone) {
+    Front *f = c->front;
+    s->ended = 1;
+    const uint8_t *d = (const uint8_t *)s->data;
+    char why[200];
+    if (s->len < 5) {
+        if (s->len) snprintf(why, sizeof why, "a truncated gRPC message (%zu bytes, not even its 5-byte prefix)", s->len);
+        else snprintf(why, sizeof why, "the call carries no request message");
+        return h2_answer(c, s, G_INTERNAL, NULL, 0, why, strlen(why));
+    }
+    if (d[0] == 1) {
+        snprintf(why, sizeof why, "compressed messages are not accepted (grpc-encoding identity only): send it "
+                 "uncompressed");
+        return h2_answer(c, s, G_UNIMPLEMENTED, NULL, 0, why, strlen(why));
+    }
+    uint32_t length = get32(d + 1);
+    if (d[0] != 0 || length != s->len - 5) {
+        snprintf(why, sizeof why, "a malformed gRPC message: its prefix declares %u bytes and %zu follow (one "
+                 "message a unary call)", length, s->len - 5);
+        return h2_answer(c, s, G_INTERNAL, NULL, 0, why, strlen(why));
+    }
+    PyObject *message = PyBytes_FromStringAndSize(s->data + 5, length);
+    if (!message) return -1;
+    PyMem_Free(s->data); s->data = NULL; s->len = s->cap = 0;
+    uint32_t sid = s->id;
+    PyObject *path = s->path, *headers = s->headers, *id = PyLong_FromUnsignedLong(sid);
+    s->path = s->headers = NULL;
+    if (!id) { Py_DECREF(path); Py_DECREF(headers); Py_DECREF(message); return -1; }
+    s->busy = 1;
+    f->n_busy++;
+    int was_alone = *alone && f->n_busy == 1;
+    *alone = 0;
+    Py_INCREF(c);
+    PyObject *r = PyObject_CallFunctionObjArgs(f->handler, (PyObject *)c, id, path, headers, message,
+                                               was_alone ? Py_True : Py_False, NULL);
+    Py_DECREF(id); Py_DECREF(path); Py_DECREF(headers); Py_DECREF(message);
+    int q = 0;
+    if (!r) { /* logged; the call, if still unanswered, gets INTERNAL */
+        PyErr_WriteUnraisable((PyObject *)c);
+        Stream *left = c->closed ? NULL : stream_find(c->h2, sid);
+        if (left && left->busy) {
+            static const char why_internal[] = "internal server error (see the server log)";
+            left->busy = 0;
+            f->n_busy--;
+            q = h2_answer(c, left, G_INTERNAL, NULL, 0, why_internal, sizeof why_internal - 1);
+        }
+    } else Py_DECREF(r);
+    Py_DECREF(c);
+    return q;
+}
+
+static int h2_headers(Conn *c, uint32_t id, int flags, int *alone) {
+    H2 *h = c->h2;
+    Front *f = c->front;
+    Head d = {PyDict_New(), NULL, 0, 0, 0, 0, 0};
+    if (!d.headers) return -1;
+    int r = hpack_decode(h, (const uint8_t *)h->block, h->block_len, &d);
+    h->block_len = 0;
+    if (r < 0) {
+        Py_DECREF(d.headers); Py_XDECREF(d.path);
+        if (r == -2) return -1;
+        h2_fail(c, E_COMPRESSION, "malformed header block");
+        return -2;
+    }
+    Stream *s = stream_find(h, id);
+    if (s || id <= h->last_id) { /* trailers from the client: they end its half */
+        Py_DECREF(d.headers); Py_XDECREF(d.path);
+        if (!s) return 0; /* a stream we already answered */
+        if (!(flags & FL_END_STREAM)) { /* HEADERS in the middle of a call */
+            int q = h2_u32_frame(c, F_RST, id, E_PROTOCOL);
+            stream_free(c, s);
+            return q;
+        }
+        if (s->answered) { s->ended = 1; return 0; }
+        return h2_call(c, s, alone);
+    }
+    if (!(id & 1)) { Py_DECREF(d.headers); Py_XDECREF(d.path); h2_fail(c, E_PROTOCOL, "even stream id from a client"); return -2; }
+    h->last_id = id;
+    if (h->goaway || h->n_streams >= H2_MAX_STREAMS) { /* refused: the client may retry it elsewhere */
+        Py_DECREF(d.headers); Py_XDECREF(d.path);
+        return h2_u32_frame(c, F_RST, id, E_REFUSED) < 0 ? -1 : 0;
+    }
+    s = stream_new(c, id);
+    if (!s) { Py_DECREF(d.headers); Py_XDECREF(d.path); return -1; }
+    s->ended = flags & FL_END_STREAM;
+    s->headers = d.headers;
+    s->path = d.path;
+    if (d.bad || !d.path) {
+        Py_DECREF(d.headers); s->headers = NULL;
+        int q = h2_u32_frame(c, F_RST, id, E_PROTOCOL);
+        stream_free(c, s);
+        return q;
+    }
+    if (!d.post) return h2_http_status(c, s, 405);
+    if (!d.grpc) return h2_http_status(c, s, 415);
+    if (d.size > (size_t)f->max_head) {
+        char why[160], num[40];
+        snprintf(why, sizeof why, "request metadata larger than this server's limit of %s bytes", grouped(f->max_head, num));
+        return h2_answer(c, s, G_RESOURCE_EXHAUSTED, NULL, 0, why, strlen(why));
+    }
+    return s->ended ? h2_call(c, s, alone) : 0;
+}
+
+static int h2_data(Conn *c, uint32_t id, int flags, const uint8_t *p, size_t len, int *alone) {
+    H2 *h = c->h2;
+    Front *f = c->front;
+    if (id == 0) { h2_fail(c, E_PROTOCOL, "DATA on stream 0"); return -2; }
+    h->recv_window -= len;
+    if (h->recv_window < 0) { h2_fail(c, E_FLOW_CONTROL, "DATA beyond the connection window"); return -2; }
+    Stream *s = stream_find(h, id);
+    if (!s || s->ended) {
+        h->credit += len; /* a stream answered (or reset) already: its late DATA is dropped */
+        if (!s && id > h->last_id) { h2_fail(c, E_PROTOCOL, "DATA on an idle stream"); return -2; }
+        return s ? h2_u32_frame(c, F_RST, id, E_STREAM_CLOSED) : h2_give_back(c);
+    }
+    s->credit += len;
+    if (flags & FL_PADDED) {
+        if (len == 0 || p[0] >= len) { h2_fail(c, E_PROTOCOL, "padding longer than the frame"); return -2; }
+        len -= 1 + p[0]; p++;
+    }
+    if (!s->answered) {
+        if (s->len + len > (size_t)f->max_body + 5) {
+            char why[200], num[40];
+            snprintf(why, sizeof why, "request message larger than this server's limit of %s bytes (lakeloop serve "
+                     "--max-body-bytes): split the batch", grouped(f->max_body, num));
+            s->ended = flags & FL_END_STREAM;
+            return h2_answer(c, s, G_RESOURCE_EXHAUSTED, NULL, 0, why, strlen(why));
+        }
+        if (grow(&s->data, &s->cap, s->len + len) < 0) return -1;
+        memcpy(s->data + s->len, p, len);
+        s->len += len;
+    }
+    if (flags & FL_END_STREAM) {
+        if (s->answered) { s->ended = 1; return 0; }
+        return h2_call(c, s, alone);
+    }
+    return 0;
+}
+
+static int h2_settings(Conn *c, int flags, const uint8_t *p, size_t len) {
+    H2 *h = c->h2;
+    if (flags & FL_ACK) {
+        if (len) { h2_fail(c, E_FRAME_SIZE, "SETTINGS ACK with a payload"); return -2; }
+        return 0;
+    }
+    if (len % 6) { h2_fail(c, E_FRAME_SIZE, "SETTINGS of a length not a multiple of 6"); return -2; }
+    for (size_t i = 0; i < len; i += 6) {
+        unsigned ident = (unsigned)p[i] << 8 | p[i + 1];
+        uint32_t value = get32(p + i + 2);
+        if (ident == 2 && value > 1) { h2_fail(c, E_PROTOCOL, "SETTINGS_ENABLE_PUSH not 0 or 1"); return -2; }
+        if (ident == 4) {
+            if (value > H2_WINDOW_MAX) { h2_fail(c, E_FLOW_CONTROL, "SETTINGS_INITIAL_WINDOW_SIZE too large"); return -2; }
+            for (Stream *s = h->streams; s; s = s->next) s->window += (int64_t)value - h->peer_initial;
+            h->peer_initial = value;
+        }
+        if (ident == 5) {
+            if (value < 16384 || value > 16777215) { h2_fail(c, E_PROTOCOL, "SETTINGS_MAX_FRAME_SIZE out of range"); return -2; }
+            h->peer_frame = value;
+        }
+    }
+    if (h2_frame(c, F_SETTINGS, FL_ACK, 0, NULL, 0) < 0) return -1;
+    for (Stream *s = h->streams, *next; s; s = next) { next = s->next; if (s->answered && h2_pump(c, s) < 0) return -1; }
+    return 0;
+}
+
+/* One complete frame. 0: go on; -1: a Python error; -2: the connection failed (GOAWAY sent). */
+static int h2_frame_in(Conn *c, int type, int flags, uint32_t id, const uint8_t *p, size_t len, int *alone) {
+    H2 *h = c->h2;
+    if (h->cont_id && type != F_CONTINUATION) { h2_fail(c, E_PROTOCOL, "a header block interrupted"); return -2; }
+    switch (type) {
+    case F_DATA: return h2_data(c, id, flags, p, len, alone);
+    case F_HEADERS: {
+        if (id == 0) { h2_fail(c, E_PROTOCOL, "HEADERS on stream 0"); return -2; }
+        size_t pad = 0;
+        if (flags & FL_PADDED) {
+            if (len == 0) { h2_fail(c, E_PROTOCOL, "padding longer than the frame"); return -2; }
+            pad = p[0]; p++; len--;
+        }
+        if (flags & FL_PRIORITY) {
+            if (len < 5) { h2_fail(c, E_FRAME_SIZE, "HEADERS too short for its priority"); return -2; }
+            p += 5; len -= 5;
+        }
+        if (pad > len) { h2_fail(c, E_PROTOCOL, "padding longer than the frame"); return -2; }
+        len -= pad;
+        if (grow(&h->block, &h->block_cap, len) < 0) return -1;
+        memcpy(h->block, p, len);
+        h->block_len = len;
+        if (!(flags & FL_END_HEADERS)) { h->cont_id = id; h->cont_flags = flags; return 0; }
+        return h2_headers(c, id, flags, alone);
+    }
+    case F_CONTINUATION:
+        if (!h->cont_id || id != h->cont_id) { h2_fail(c, E_PROTOCOL, "CONTINUATION without HEADERS"); return -2; }
+        if (h->block_len + len > (size_t)c->front->max_head * 2 + H2_FRAME) {
+            h2_fail(c, E_PROTOCOL, "header block far larger than this server's limit"); return -2;
+        }
+        if (grow(&h->block, &h->block_cap, h->block_len + len) < 0) return -1;
+        memcpy(h->block + h->block_len, p, len);
+        h->block_len += len;
+        if (!(flags & FL_END_HEADERS)) return 0;
+        h->cont_id = 0;
+        return h2_headers(c, id, h->cont_flags, alone);
+    case F_PRIORITY:
+        if (len != 5) { h2_fail(c, E_FRAME_SIZE, "PRIORITY of a length other than 5"); return -2; }
+        return 0;
+    case F_RST: {
+        if (len != 4 || id == 0) { h2_fail(c, E_PROTOCOL, "malformed RST_STREAM"); return -2; }
+        Stream *s = stream_find(h, id);
+        if (s) { stream_free(c, s); return h2_give_back(c); } /* cancelled: a later answer goes nowhere */
+        if (id > h->last_id) { h2_fail(c, E_PROTOCOL, "RST_STREAM on an idle stream"); return -2; }
+        return 0;
+    }
+    case F_SETTINGS:
+        if (id) { h2_fail(c, E_PROTOCOL, "SETTINGS on a stream"); return -2; }
+        return h2_settings(c, flags, p, len);
+    case F_PING:
+        if (len != 8 || id) { h2_fail(c, E_FRAME_SIZE, "malformed PING"); return -2; }
+        return (flags & FL_ACK) ? 0 : h2_frame(c, F_PING, FL_ACK, 0, p, 8);
+    case F_GOAWAY:
+        h->peer_goaway = 1;
+        return 0;
+    case F_WINDOW: {
+        if (len != 4) { h2_fail(c, E_FRAME_SIZE, "WINDOW_UPDATE of a length other than 4"); return -2; }
+        uint32_t inc = get32(p) & 0x7fffffff;
+        if (id == 0) {
+            if (inc == 0 || h->send_window + inc > H2_WINDOW_MAX) { h2_fail(c, E_FLOW_CONTROL, "bad WINDOW_UPDATE"); return -2; }
+            h->send_window += inc;
+            for (Stream *s = h->streams, *next; s; s = next) { next = s->next; if (s->answered && h2_pump(c, s) < 0) return -1; }
+            return 0;
+        }
+        Stream *s = stream_find(h, id);
+        if (!s) return 0;
+        s->window += inc;
+        return s->answered ? h2_pump(c, s) : 0;
+    }
+    case F_PUSH: h2_fail(c, E_PROTOCOL, "PUSH_PROMISE from a client"); return -2;
+    default: return 0; /* unknown frame types are ignored */
+    }
+}
+
+static int h2_start(Conn *c) {
+    Front *f = c->front;
+    H2 *h = PyMem_Calloc(1, sizeof(H2));
+    if (!h) return -1;
+    c->h2 = h;
+    h->send_window = h->peer_initial = 65535;
+    h->peer_frame = 16384;
+    h->table_max = H2_TABLE;
+    int64_t stream_window = (int64_t)f->max_body + 5 + 65536;
+    if (stream_window > H2_WINDOW_MAX) stream_window = H2_WINDOW_MAX;
+    h->recv_max = 2 * stream_window + (1 << 20);
+    if (h->recv_max > H2_WINDOW_MAX) h->recv_max = H2_WINDOW_MAX;
+    h->recv_window = h->recv_max;
+    uint8_t s[18];
+    s[0] = 0; s[1] = 3; be32(s + 2, H2_MAX_STREAMS);          /* SETTINGS_MAX_CONCURRENT_STREAMS */
+    s[6] = 0; s[7] = 4; be32(s + 8, (uint32_t)stream_window); /* SETTINGS_INITIAL_WINDOW_SIZE */
+    s[12] = 0; s[13] = 6; be32(s + 14, (uint32_t)f->max_head); /* SETTINGS_MAX_HEADER_LIST_SIZE */
+    if (h2_frame(c, F_SETTINGS, 0, 0, s, sizeof s) < 0 ||
+        h2_u32_frame(c, F_WINDOW, 0, (uint32_t)(h->recv_max - 65535)) < 0) return -1;
+    return flush_out(c) < 0 ? -1 : 0;
+}
+
+/* Read the frames c holds (after the preface), answering what the front answers itself. */
+static void h2_advance(Conn *c, int alone) {
+    H2 *h = c->h2;
+    size_t at = 0;
+    if (!h->preface) {
+        size_t n = c->in_len < 24 ? c->in_len : 24;
+        if (memcmp(c->in, H2_PREFACE, n) != 0) { conn_close(c); return; } /* not HTTP/2 with prior knowledge */
+        if (n < 24) { if (c->peer_closed) conn_close(c); return; }
+        h->preface = 1;
+        at = 24;
+        set_wait(c, WAIT_IDLE);
+    }
+    h->in_advance = 1;
+    int r = 0;
+    while (!c->closed && c->state != DISCARD && c->in_len - at >= 9 && c->out_len - c->out_sent <= H2_OUT_BOUND) {
+        const uint8_t *p = (const uint8_t *)c->in + at;
+        size_t len = (size_t)p[0] << 16 | p[1] << 8 | p[2];
+        if (len > H2_FRAME) { h2_fail(c, E_FRAME_SIZE, "frame larger than SETTINGS_MAX_FRAME_SIZE"); r = -2; break; }
+        if (c->in_len - at < 9 + len) break;
+        r = h2_frame_in(c, p[3], p[4], get32(p + 5) & 0x7fffffff, p + 9, len, &alone);
+        at += 9 + len;
+        if (r < 0) break;
+        if (h2_give_back(c) < 0) { r = -1; break; }
+    }
+    h->in_advance = 0;
+    if (c->closed) return;
+    if (r == -1) { PyErr_WriteUnraisable((PyObject *)c); h2_fail(c, 2, "internal error"); return; }
+    if (c->state == DISCARD && r == -2) return; /* failed: h2_fail has sent and is closing */
+    memmove(c->in, c->in + at, c->in_len - at);
+    c->in_len -= at;
+    if (c->paused && c->in_len <= IN_BOUND(c->front)) { c->paused = 0; update_events(c); }
+    int sent = flush_out(c);
+    if (sent < 0) { conn_close(c); return; }
+    if (c->state == DISCARD) { if (sent == 0) linger(c); return; } /* a GOAWAY's last answer went */
+    if ((c->peer_closed || h->peer_goaway) && h->n_streams == 0) { conn_close(c); return; }
 }
 
 /* ---- Conn methods ---- */
@@ -614,8 +1470,64 @@ static PyObject *Conn_respond(Conn *c, PyObject *args) {
 }
 
 
+static PyObject *Conn_respond_grpc(Conn *c, PyObject *args) {
+    unsigned int id;
+    int code;
+    PyObject *message;
+    Py_buffer detail;
+    if (!PyArg_ParseTuple(args, "IiOs*", &id, &code, &message, &detail)) return NULL;
+    Py_buffer body = {0};
+    if (message != Py_None && PyObject_GetBuffer(message, &body, PyBUF_SIMPLE) < 0) { PyBuffer_Release(&detail); return NULL; }
+    PyObject *result = Py_False;
+    Stream *s = c->h2 && !c->closed && c->state != DISCARD ? stream_find(c->h2, id) : NULL;
+    if (!c->h2) { PyErr_SetString(PyExc_RuntimeError, "respond_grpc on an HTTP/1.1 connection"); result = NULL; }
+    else if (s && !s->busy) { PyErr_SetString(PyExc_RuntimeError, "this call was answered already"); result = NULL; }
+    else if (s) { /* else the client cancelled the call, or left: nobody to answer */
+        s->busy = 0;
+        c->front->n_busy--;
+        if (h2_answer(c, s, code, message == Py_None ? NULL : body.buf, body.len, detail.buf, detail.len) < 0) result = NULL;
+        else {
+            result = Py_True;
+            H2 *h = c->h2;
+            if (h->goaway && h->n_streams == 0) h2_goaway(c);
+            else if ((c->peer_closed || h->peer_goaway) && h->n_streams == 0 && !h->in_advance) {
+                flush_out(c); conn_close(c);
+            } else h2_flush(c);
+        }
+    }
+    if (message != Py_None) PyBuffer_Release(&body);
+    PyBuffer_Release(&detail);
+    Py_XINCREF(result);
+    return result;
+}
+
+/* The front's sweep for an HTTP/2 connection: calls not complete in time, idle connections. */
+static void h2_sweep(Conn *c, double t) {
+    H2 *h = c->h2;
+    if (c->waiting == WAIT_CLOSE || (c->waiting == WAIT_HEAD && !h->preface)) {
+        if (t > c->deadline) conn_close(c);
+        return;
+    }
+    for (Stream *s = h->streams, *next; s; s = next) {
+        next = s->next;
+        if (s->busy || s->answered || t <= s->deadline) continue;
+        char why[120];
+        snprintf(why, sizeof why, "request message not complete within %g s", c->front->body_timeout);
+        if (h2_answer(c, s, G_DEADLINE_EXCEEDED, NULL, 0, why, strlen(why)) < 0) { PyErr_Clear(); conn_close(c); return; }
+    }
+    if (h->n_streams == 0 && c->waiting == WAIT_IDLE && t > c->deadline) h2_goaway(c);
+    else h2_flush(c);
+}
+
+static void h2_free(H2 *h) {
+    if (!h) return;
+    for (size_t i = 0; i < h->n_table; i++) PyMem_Free(h->table[i].name);
+    PyMem_Free(h->table); PyMem_Free(h->block); PyMem_Free(h->scratch); PyMem_Free(h);
+}
+
 static void Conn_dealloc(Conn *c) {
     clear_request(c);
+    h2_free(c->h2);
     PyMem_Free(c->in);
     PyMem_Free(c->out);
     Py_XDECREF(c->front);
@@ -626,6 +1538,10 @@ static PyMethodDef Conn_methods[] = {
     {"respond", (PyCFunction)Conn_respond, METH_VARARGS,
      "respond(status, body, headers=None): answer the request (headers: list of (bytes, bytes), "
      "content-length is added). Returns False if the client has gone."},
+    {"respond_grpc", (PyCFunction)Conn_respond_grpc, METH_VARARGS,
+     "respond_grpc(stream_id, status, message, detail): answer a gRPC call (HTTP/2): a status code and, with "
+     "status 0, the serialized response message (bytes), else None and the error's detail (str). Returns "
+     "False if the call was cancelled or the client has gone."},
     {NULL}};
 
 
@@ -642,10 +1558,10 @@ static PyTypeObject ConnType = {
 
 static int Front_init(Front *f, PyObject *args, PyObject *kw) {
     static char *names[] = {"listen_fd", "handler", "early", "max_head", "max_body", "head_timeout",
-                            "body_timeout", "idle_timeout", NULL};
+                            "body_timeout", "idle_timeout", "http2", NULL};
     PyObject *handler, *early;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iOOnnddd", names, &f->listen_fd, &handler, &early, &f->max_head,
-                                     &f->max_body, &f->head_timeout, &f->body_timeout, &f->idle_timeout))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iOOnnddd|p", names, &f->listen_fd, &handler, &early, &f->max_head,
+                                     &f->max_body, &f->head_timeout, &f->body_timeout, &f->idle_timeout, &f->http2))
         return -1;
     Py_INCREF(handler); f->handler = handler;
     Py_INCREF(early); f->early = early;
@@ -703,7 +1619,8 @@ static PyObject *Front_sweep(Front *f, PyObject *unused) {
     Conn *c = f->conns;
     while (c) {
         Conn *next = c->next;
-        if (!c->busy && c->waiting != WAIT_NONE && t > c->deadline) {
+        if (c->h2) h2_sweep(c, t);
+        else if (!c->busy && c->waiting != WAIT_NONE && t > c->deadline) {
             char msg[120];
             if (c->waiting == WAIT_IDLE || c->waiting == WAIT_CLOSE) conn_close(c);
             else if (c->waiting == WAIT_HEAD) {
@@ -725,7 +1642,8 @@ static PyObject *Front_stop_listening(Front *f, PyObject *unused) {
     Conn *c = f->conns;
     while (c) {
         Conn *next = c->next;
-        if (!c->busy && c->in_len == 0 && c->out_len == 0) conn_close(c);
+        if (c->h2) h2_goaway(c);
+        else if (!c->busy && c->in_len == 0 && c->out_len == 0) conn_close(c);
         else c->keep_alive = 0;
         c = next;
     }
@@ -775,7 +1693,8 @@ static PyTypeObject FrontType = {
     .tp_basicsize = sizeof(Front),
     .tp_dealloc = (destructor)Front_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Front(listen_fd, handler, early, max_head, max_body, head_timeout, body_timeout, idle_timeout)",
+    .tp_doc = "Front(listen_fd, handler, early, max_head, max_body, head_timeout, body_timeout, idle_timeout, "
+              "http2=False)",
     .tp_methods = Front_methods,
     .tp_getset = Front_getset,
     .tp_init = (initproc)Front_init,
@@ -786,6 +1705,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_front", "lakeloop's
 
 PyMODINIT_FUNC PyInit__front(void) {
     if (PyType_Ready(&ConnType) < 0 || PyType_Ready(&FrontType) < 0) return NULL;
+    huffman_build();
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     JSON_TYPE = Py_BuildValue("[(y#y#)]", "content-type", (Py_ssize_t)12, "application/json", (Py_ssize_t)16);

@@ -4,19 +4,24 @@ ServerLive, ServerReady, ModelReady (open, like the HTTP probes), ServerMetadata
 ModelInfer (bearer API key in the `authorization` metadata). Tensors arrive as `raw_input_contents`
 (what tritonclient sends) or as typed `contents`; outputs go back as `raw_output_contents`. The
 same `ModelServer` answers as over HTTP — the same models and hot swap, checks and limits, inference
-log and metrics —, so the two protocols cannot drift apart. It runs in the HTTP server's event loop
-(`grpc.aio`), on a port of its own; a request above `max_body_bytes` is refused by gRPC itself.
+log and metrics —, so the two protocols cannot drift apart. It runs in the HTTP server's event loop, on
+a port of its own, over one of two transports that call the same functions (`calls`): lakeloop's compiled
+HTTP/2 front (`front_handler`, the default: `_front.c` speaks HTTP/2 and gRPC's framing, this module
+the service) or grpcio's `grpc.aio` (`handlers`, with `lakeloop serve --http uvicorn`). Either refuses a
+message above `max_body_bytes` before it reaches Python.
 """
 
 from __future__ import annotations
 
+import enum
 import inspect
 import logging
 import math
 import time
+from collections.abc import Callable
 
-import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from lakeloop import __version__
 from lakeloop.serving import _inference_pb2 as pb
@@ -31,19 +36,34 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
             "FP64": "fp64_contents", "BYTES": "bytes_contents"}
-HTTP_EQUIVALENT = {grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400,
-                   grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.NOT_FOUND: 404,
-                   grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.INTERNAL: 500}
+
+
+class Code(enum.IntEnum):
+    """The gRPC status codes this service answers (grpc.StatusCode's numbers, without importing grpcio:
+    lakeloop's HTTP/2 front does not need it)."""
+    OK = 0
+    INVALID_ARGUMENT = 3
+    NOT_FOUND = 5
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
+
+
+HTTP_EQUIVALENT = {Code.OK: 200, Code.INVALID_ARGUMENT: 400, Code.UNAUTHENTICATED: 401, Code.NOT_FOUND: 404,
+                   Code.UNAVAILABLE: 503, Code.INTERNAL: 500}
 
 
 class _Refused(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(message)
         self.code = code
 
 
-def parse(request: pb.ModelInferRequest, specs: dict[str, v2.InputSpec], limits: v2.Limits) -> v2.InferRequest:
-    """A ModelInferRequest as the parsed request the HTTP side builds, with the same checks.
+def parse(request: pb.ModelInferRequest, message: bytes, specs: dict[str, v2.InputSpec], limits: v2.Limits
+          ) -> v2.InferRequest:
+    """A ModelInferRequest (and its serialized `message`) as the parsed request the HTTP side builds, with the
+    same checks.
 
     Raises:
         V2Error: anything the HTTP parser refuses, and raw contents that do not match the inputs.
@@ -53,7 +73,7 @@ def parse(request: pb.ModelInferRequest, specs: dict[str, v2.InputSpec], limits:
         raise v2.V2Error(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs: one per input")
     if not request.inputs:
         raise v2.V2Error("the request has no inputs")
-    compiled = _compiled(request, raw, specs, limits) if raw else None
+    compiled = v2.compiled_grpc(message, specs, limits) if raw else None
     arrays, rows = compiled or _inputs(request, raw, specs, limits)
     outputs = []
     for wanted in request.outputs:
@@ -64,20 +84,6 @@ def parse(request: pb.ModelInferRequest, specs: dict[str, v2.InputSpec], limits:
             raise v2.V2Error(f"output {wanted.name!r}: 'classification' must be an integer >= 0")
         outputs.append(v2.OutputRequest(wanted.name, True, count))
     return v2.InferRequest(request.id or None, arrays, rows, outputs or None, True)
-
-
-def _compiled(request: pb.ModelInferRequest, raw, specs: dict[str, v2.InputSpec], limits: v2.Limits
-              ) -> tuple[dict[str, np.ndarray], int] | None:
-    """Raw contents through the compiled V2 parser: they are laid out as the HTTP binary tensor
-    extension's (numbers little-endian, BYTES length-prefixed), so the request becomes that extension's
-    header and body. None where it passes (or where an input has parameters, which `_inputs` checks)."""
-    tensors = []
-    for tensor, contents in zip(request.inputs, raw, strict=True):
-        if tensor.parameters:
-            return None
-        tensors.append({"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape),
-                        "parameters": {"binary_data_size": len(contents)}})
-    return v2.compiled_inputs(tensors, b"".join(raw), 0, specs, limits)
 
 
 def _inputs(request: pb.ModelInferRequest, raw, specs: dict[str, v2.InputSpec], limits: v2.Limits
@@ -143,57 +149,53 @@ def response(name: str, version: str, request: v2.InferRequest, outputs: dict[st
     return answer
 
 
-def handlers(server: ModelServer) -> grpc.GenericRpcHandler:
-    """The service's RPCs as a generic handler for a `grpc.aio` server."""
+Reply = Callable[[object], None]
 
-    def authorize(context: grpc.aio.ServicerContext) -> None:
-        header = dict(context.invocation_metadata() or ()).get("authorization")
-        if not server.authorized(header):
-            raise _Refused(grpc.StatusCode.UNAUTHENTICATED,
+
+def calls(server: ModelServer) -> dict[str, tuple[type, Callable]]:
+    """The service's RPCs by method name, whatever carries them (grpc.aio or lakeloop's HTTP/2 front): each
+    is (request type, function(request, message, authorization, alone, reply)) — the decoded request and its
+    bytes (the compiled parser reads ModelInfer's tensors from them) —, returning the response message or
+    raising `_Refused`. `alone` and `reply` are ModelInfer's, as over HTTP: alone, a call skips the batcher's
+    queue; with `reply`, a batched call is answered through it (a response or a `_Refused`) and None is
+    returned, without it an awaitable is."""
+
+    def authorize(authorization: str | None) -> None:
+        if not server.authorized(authorization):
+            raise _Refused(Code.UNAUTHENTICATED,
                            "missing or invalid API key: send the metadata 'authorization: Bearer <key>'")
 
     def model_of(name: str, version: str) -> LoadedModel:
         served = server.models.get(name)
         if served is None:
-            raise _Refused(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}: this server serves "
+            raise _Refused(Code.NOT_FOUND, f"unknown model {name!r}: this server serves "
                                                       f"{server.describe()}")
         model = served.model
         if model is None:
-            raise _Refused(grpc.StatusCode.UNAVAILABLE, f"{name} is not loaded yet")
+            raise _Refused(Code.UNAVAILABLE, f"{name} is not loaded yet")
         if version and version != model.version:
-            raise _Refused(grpc.StatusCode.NOT_FOUND, f"{name} version {version!r} is not loaded (serving "
+            raise _Refused(Code.NOT_FOUND, f"{name} version {version!r} is not loaded (serving "
                                                       f"{model.version!r})")
         return model
 
-    def rpc(function, request_type, response_type):
-        asynchronous = inspect.iscoroutinefunction(function)
-
-        async def call(request, context):
-            try:
-                return await function(request, context) if asynchronous else function(request, context)
-            except _Refused as exc:
-                await context.abort(exc.code, str(exc))
-        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=request_type.FromString,
-                                                   response_serializer=response_type.SerializeToString)
-
-    def live(request, context):
+    def live(request, message, authorization, alone=False, reply=None):
         return pb.ServerLiveResponse(live=True)
 
-    def ready(request, context):
+    def ready(request, message, authorization, alone=False, reply=None):
         return pb.ServerReadyResponse(ready=server.ready)
 
-    def model_ready(request, context):
+    def model_ready(request, message, authorization, alone=False, reply=None):
         served = server.models.get(request.name)
         model = served.model if served is not None else None
         return pb.ModelReadyResponse(ready=model is not None and (not request.version or
                                                                   request.version == model.version))
 
-    def server_metadata(request, context):
-        authorize(context)
+    def server_metadata(request, message, authorization, alone=False, reply=None):
+        authorize(authorization)
         return pb.ServerMetadataResponse(name="lakeloop", version=__version__, extensions=["model_repository"])
 
-    def model_metadata(request, context):
-        authorize(context)
+    def model_metadata(request, message, authorization, alone=False, reply=None):
+        authorize(authorization)
         model = model_of(request.name, request.version)
         meta = model.metadata()
         answer = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"])
@@ -203,43 +205,131 @@ def handlers(server: ModelServer) -> grpc.GenericRpcHandler:
             answer.outputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
         return answer
 
-    async def infer(request, context):
+    def observe(name: str, code: Code, started: float, rows: int) -> None:
+        if name in server.models:
+            server.metrics.observe(name, HTTP_EQUIVALENT.get(code, 500), time.perf_counter() - started, rows)
+
+    def outcome(name: str, model: LoadedModel, parsed: v2.InferRequest, result, started: float):
+        """The response for a run's outputs, or the `_Refused` for its exception; counted in the metrics."""
+        if isinstance(result, BaseException):
+            if isinstance(result, v2.V2Error):
+                refused = _Refused(Code.INVALID_ARGUMENT, str(result))
+            else:  # not a client error: the inputs passed every check
+                log.error("%s v%s: inference failed", name, model.version, exc_info=result)
+                refused = _Refused(Code.INTERNAL, f"inference failed: {result}")
+            observe(name, refused.code, started, 0)
+            return refused
+        answer = response(name, model.version, parsed, result, model.labels)
+        observe(name, Code.OK, started, parsed.rows)
+        return answer
+
+    def infer(request, message, authorization, alone=False, reply=None):
+        authorize(authorization)
         started = time.perf_counter()
-        code, rows, name = grpc.StatusCode.OK, 0, request.model_name
+        name = request.model_name
         try:
-            authorize(context)
             model = model_of(name, request.model_version)
-            try:
-                parsed = parse(request, model.inputs, server.limits)
-                if server.batcher is not None:
-                    outputs = await server.infer_batched(name, model, parsed)
-                else:
-                    outputs = server.infer(name, model, parsed)
-            except v2.V2Error as exc:
-                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-            except Exception as exc:  # not a client error: the inputs passed every check
-                log.exception("%s v%s: inference failed", name, model.version)
-                raise _Refused(grpc.StatusCode.INTERNAL, f"inference failed: {exc}") from None
-            rows = parsed.rows
-            return response(name, model.version, parsed, outputs, model.labels)
+            parsed = parse(request, message, model.inputs, server.limits)
         except _Refused as exc:
-            code = exc.code
+            observe(name, exc.code, started, 0)
             raise
-        finally:
-            if name in server.models and code != grpc.StatusCode.UNAUTHENTICATED:
-                server.metrics.observe(name, HTTP_EQUIVALENT.get(code, 500), time.perf_counter() - started, rows)
+        except v2.V2Error as exc:
+            observe(name, Code.INVALID_ARGUMENT, started, 0)
+            raise _Refused(Code.INVALID_ARGUMENT, str(exc)) from None
+        batcher = server.batcher
+        try:
+            if batcher is not None and not (alone and batcher.immediate):
+                if reply is not None:
+                    server.submit_batched(name, model, parsed, True,
+                                          lambda result: reply(outcome(name, model, parsed, result, started)))
+                    return None
+                return batched(name, model, parsed, started)
+            result = server.infer(name, model, parsed)
+        except Exception as exc:
+            result = exc
+        answer = outcome(name, model, parsed, result, started)
+        if isinstance(answer, _Refused):
+            raise answer
+        return answer
 
-    methods = {"ServerLive": rpc(live, pb.ServerLiveRequest, pb.ServerLiveResponse),
-               "ServerReady": rpc(ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
-               "ModelReady": rpc(model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
-               "ServerMetadata": rpc(server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-               "ModelMetadata": rpc(model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-               "ModelInfer": rpc(infer, pb.ModelInferRequest, pb.ModelInferResponse)}
-    return grpc.method_handlers_generic_handler(SERVICE, methods)
+    async def batched(name: str, model: LoadedModel, parsed: v2.InferRequest, started: float):
+        try:
+            result = await server.infer_batched(name, model, parsed)
+        except Exception as exc:
+            result = exc
+        answer = outcome(name, model, parsed, result, started)
+        if isinstance(answer, _Refused):
+            raise answer
+        return answer
+
+    return {"ServerLive": (pb.ServerLiveRequest, live), "ServerReady": (pb.ServerReadyRequest, ready),
+            "ModelReady": (pb.ModelReadyRequest, model_ready),
+            "ServerMetadata": (pb.ServerMetadataRequest, server_metadata),
+            "ModelMetadata": (pb.ModelMetadataRequest, model_metadata), "ModelInfer": (pb.ModelInferRequest, infer)}
 
 
-async def start(server: ModelServer, address: str) -> grpc.aio.Server:
-    """A gRPC server on `address` (host:port) in the running event loop, serving `server`'s models."""
+def decode(request_type: type, message: bytes):
+    try:
+        return request_type.FromString(message)
+    except DecodeError:
+        raise _Refused(Code.INVALID_ARGUMENT, f"the request is not a valid {request_type.DESCRIPTOR.full_name}"
+                                                         " message") from None
+
+
+def handlers(server: ModelServer):
+    """The service's RPCs as a generic handler for a `grpc.aio` server (`lakeloop serve --http uvicorn`)."""
+    import grpc
+
+    def rpc(request_type: type, function: Callable):
+        async def call(message: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                result = function(decode(request_type, message), message,
+                                  dict(context.invocation_metadata() or ()).get("authorization"))
+                if inspect.isawaitable(result):
+                    result = await result
+                return result.SerializeToString()
+            except _Refused as exc:
+                await context.abort(grpc.StatusCode[exc.code.name], str(exc))
+        return grpc.unary_unary_rpc_method_handler(call)  # bytes in and out: `decode` names a bad message
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE, {method: rpc(request_type, function) for method, (request_type, function) in calls(server).items()})
+
+
+def front_handler(server: ModelServer) -> Callable:
+    """The service for lakeloop's HTTP/2 front (`_front.Front(..., http2=True)`): one call per complete request."""
+    table = calls(server)
+    prefix = f"/{SERVICE}/"
+    offered = ", ".join(table)
+
+    def handle(conn, stream_id: int, path: str, headers: dict, message: bytes, alone: bool) -> None:
+        def reply(result) -> None:
+            if isinstance(result, _Refused):
+                conn.respond_grpc(stream_id, int(result.code), None, str(result))
+            else:
+                conn.respond_grpc(stream_id, 0, result.SerializeToString(), "")
+
+        found = table.get(path[len(prefix):]) if path.startswith(prefix) else None
+        if found is None:
+            reply(_Refused(Code.UNIMPLEMENTED, f"unknown method {path}: this server offers "
+                                                          f"{SERVICE}'s {offered}"))
+            return
+        request_type, function = found
+        authorization = headers.get(b"authorization")
+        try:
+            result = function(decode(request_type, message), message,
+                              authorization.decode("latin-1") if authorization else None, alone, reply)
+        except _Refused as exc:
+            result = exc
+        if result is not None:
+            reply(result)
+
+    return handle
+
+
+async def start(server: ModelServer, address: str):
+    """A grpc.aio server on `address` (host:port) in the running event loop, serving `server`'s models."""
+    import grpc
     grpc_server = grpc.aio.server(options=[("grpc.max_receive_message_length", server.limits.max_body_bytes),
                                            ("grpc.so_reuseport", 1)])  # every worker process binds the port
     grpc_server.add_generic_rpc_handlers((handlers(server),))

@@ -1,13 +1,15 @@
-"""The model server on lakeloop's compiled HTTP/1.1 front (`_front.c`), the default where it is built.
+"""The model server on lakeloop's compiled front (`_front.c`), the default where it is built.
 
 Why: under uvicorn, the HTTP stack's own Python work (protocol callbacks, the ASGI scope, a task and two
 `send` calls per request) took as long as parsing the request and running the model together. The
 front does the connection work in C — accept, read, parse the head and body, the limits, write — and
 calls the app once per complete request (`app.handle`), inside the same asyncio loop that runs the
-gRPC server and the background work. Its limits are uvicorn's under lakeloop (`lakeloop._uvicorn` and
-the app's body bounds): 431 for a head over `max_header_bytes`, 408 for a head or body not complete in
-time, 413 for a body over `max_body_bytes` (from its Content-Length, or as a chunked body passes it), 400
-for a malformed or smuggling request, idle keep-alive connections closed after `keep_alive_s`.
+background work. Its limits are uvicorn's under lakeloop (`lakeloop._uvicorn` and the app's body
+bounds): 431 for a head over `max_header_bytes`, 408 for a head or body not complete in time, 413 for a
+body over `max_body_bytes` (from its Content-Length, or as a chunked body passes it), 400 for a
+malformed or smuggling request, idle keep-alive connections closed after `keep_alive_s`. V2 over gRPC
+runs on a second listener of the same front that speaks HTTP/2 (`_grpc.front_handler`), with the same
+limits as gRPC statuses.
 
 Several workers share one listening socket, each a process of its own (like uvicorn's `--workers`): a
 worker that dies is started again.
@@ -40,13 +42,13 @@ def available() -> bool:
     return Front is not None
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, flag: str = "--port") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         sock = socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server on that port? "
-                          "choose another --port)") from None
+                          f"choose another {flag})") from None
     sock.setblocking(False)
     return sock
 
@@ -59,13 +61,16 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def serve(app, sock: socket.socket, max_header_bytes: int, header_timeout: float) -> None:
-    """Run `app` (from `create_app`) on `sock` until SIGINT or SIGTERM, then finish what is in flight."""
+def serve(app, sock: socket.socket, max_header_bytes: int, header_timeout: float,
+          grpc_sock: socket.socket | None = None) -> None:
+    """Run `app` (from `create_app`) on `sock`, and V2 over gRPC on `grpc_sock` if given, until SIGINT or
+    SIGTERM, then finish what is in flight."""
     with asyncio.Runner(loop_factory=_new_loop) as runner:
-        runner.run(_serve(app, sock, max_header_bytes, header_timeout))
+        runner.run(_serve(app, sock, max_header_bytes, header_timeout, grpc_sock))
 
 
-async def _serve(app, sock: socket.socket, max_header_bytes: int, header_timeout: float) -> None:
+async def _serve(app, sock: socket.socket, max_header_bytes: int, header_timeout: float,
+                 grpc_sock: socket.socket | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -76,49 +81,61 @@ async def _serve(app, sock: socket.socket, max_header_bytes: int, header_timeout
         log.error("start-up failed: %s", exc)
         raise SystemExit(3) from None
     limits = app.limits
-    front = Front(sock.fileno(), app.handle, app.early, max_header_bytes, limits.max_body_bytes, header_timeout,
-                  limits.body_timeout_s, KEEP_ALIVE_S)
-    loop.add_reader(front.fileno(), front.poll)
+    fronts = [Front(sock.fileno(), app.handle, app.early, max_header_bytes, limits.max_body_bytes, header_timeout,
+                    limits.body_timeout_s, KEEP_ALIVE_S)]
     host, port = sock.getsockname()[:2]
     log.info("serving V2 on http://%s:%d (lakeloop's HTTP front, process %d)", host, port, os.getpid())
+    if grpc_sock is not None:
+        from lakeloop.serving import _grpc
+
+        fronts.append(Front(grpc_sock.fileno(), _grpc.front_handler(app.server), None, max_header_bytes,
+                            limits.max_body_bytes, header_timeout, limits.body_timeout_s, KEEP_ALIVE_S, http2=True))
+        log.info("serving V2 over gRPC on %s:%d (lakeloop's HTTP/2 front)", *grpc_sock.getsockname()[:2])
+    for front in fronts:
+        loop.add_reader(front.fileno(), front.poll)
 
     def sweep() -> None:
-        front.sweep()
+        for front in fronts:
+            front.sweep()
         timer[0] = loop.call_later(0.1, sweep)
 
     timer = [loop.call_later(0.1, sweep)]
     try:
         await stop.wait()
     finally:
-        log.info("shutting down: no new connections; finishing %d request(s) in flight", front.busy)
-        front.stop_listening()
+        log.info("shutting down: no new connections; finishing %d request(s) in flight",
+                 sum(front.busy for front in fronts))
+        for front in fronts:
+            front.stop_listening()
         deadline = time.monotonic() + GRACE_S
-        while (front.busy or app.pending) and time.monotonic() < deadline:
+        while (any(front.busy for front in fronts) or app.pending) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         timer[0].cancel()
-        loop.remove_reader(front.fileno())
-        front.close()
+        for front in fronts:
+            loop.remove_reader(front.fileno())
+            front.close()
         await app.shutdown()
 
 
-def _worker(settings_json: str, sock: socket.socket, max_header_bytes: int, header_timeout: float) -> None:
+def _worker(settings_json: str, sock: socket.socket, max_header_bytes: int, header_timeout: float,
+            grpc_sock: socket.socket | None) -> None:
     from lakeloop.serving._app import create_app
-    from lakeloop.serving._main import LOG_FORMAT, ServeSettings, build, grpc_address
+    from lakeloop.serving._main import LOG_FORMAT, ServeSettings, build
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = ServeSettings.model_validate(json.loads(settings_json))
-    serve(create_app(build(settings), grpc_address(settings)), sock, max_header_bytes, header_timeout)
+    serve(create_app(build(settings)), sock, max_header_bytes, header_timeout, grpc_sock)
 
 
 def supervise(settings_json: str, sock: socket.socket, workers: int, max_header_bytes: int,
-              header_timeout: float) -> None:
+              header_timeout: float, grpc_sock: socket.socket | None = None) -> None:
     """Run `workers` processes on one socket until SIGINT/SIGTERM; start again any that dies."""
     context = multiprocessing.get_context("spawn")
     stopping = False
 
     def start() -> multiprocessing.Process:
-        process = context.Process(target=_worker, args=(settings_json, sock, max_header_bytes, header_timeout),
-                                  daemon=False)
+        process = context.Process(target=_worker, daemon=False,
+                                  args=(settings_json, sock, max_header_bytes, header_timeout, grpc_sock))
         process.start()
         return process
 

@@ -31,6 +31,11 @@ import pyarrow.parquet as pq
 
 from lakeloop.data._lakefs import lakefs_errors, upload_stream
 
+try:
+    from lakeloop.serving._tensors import codes as _codes  # a string column's codes in one C loop
+except ImportError:  # not built here: the same codes from a Python loop
+    _codes = None
+
 log = logging.getLogger("lakeloop.serving")
 
 
@@ -188,7 +193,7 @@ class _Columns:
             if codes is not None:  # strings: their codes (a new value gets the next one)
                 if rows == 1:
                     buffer[start] = codes.setdefault(array.item(0), len(codes))
-                else:
+                elif _codes is None or not _codes(array, codes, buffer, start):
                     buffer[start:end] = [codes.setdefault(value, len(codes)) for value in array.ravel().tolist()]
             elif rows == 1:
                 buffer[start] = array.item(0)

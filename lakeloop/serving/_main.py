@@ -169,7 +169,11 @@ def describe(settings: ServeSettings) -> list[str]:
                 if settings.batch_delay_us is not None else "off (one ONNX Runtime call per request)")
     http = ("lakeloop's compiled front" if http_layer(settings) == "lakeloop" else
             "uvicorn" + (" (lakeloop's compiled front is not built here)" if settings.http == "auto" else ""))
-    return [f"model    {source}", f"auth     {auth}", f"logs     {logs}", f"batching {batching}", f"http     {http}"]
+    lines = [f"model    {source}", f"auth     {auth}", f"logs     {logs}", f"batching {batching}", f"http     {http}"]
+    if settings.grpc_port is not None:
+        stack = "lakeloop's compiled front (HTTP/2)" if http_layer(settings) == "lakeloop" else "grpcio (grpc.aio)"
+        lines.append(f"grpc     port {settings.grpc_port}, {stack}")
+    return lines
 
 
 def workers_for(settings: ServeSettings) -> int:
@@ -193,14 +197,17 @@ def run(settings: ServeSettings) -> None:
         from lakeloop.serving import _http
 
         sock = _http.listen(settings.host, settings.port)
+        grpc_sock = (_http.listen(settings.host, settings.grpc_port, "--grpc-port")
+                     if settings.grpc_port is not None else None)
         if workers == 1:
             from lakeloop.serving._app import create_app
 
-            _http.serve(create_app(build(settings), grpc_address(settings)), sock, settings.max_header_bytes,
-                        settings.header_timeout)
+            _http.serve(create_app(build(settings)), sock, settings.max_header_bytes, settings.header_timeout,
+                        grpc_sock)
             return
         build(settings)  # fail fast in the parent on bad settings, before starting workers
-        _http.supervise(_settings_json(settings), sock, workers, settings.max_header_bytes, settings.header_timeout)
+        _http.supervise(_settings_json(settings), sock, workers, settings.max_header_bytes, settings.header_timeout,
+                        grpc_sock)
         return
     common = {"host": settings.host, "port": settings.port, "access_log": False, "log_level": "info",
               "timeout_keep_alive": 30, "timeout_graceful_shutdown": 10, "server_header": False,

@@ -165,6 +165,16 @@ def compiled_inputs(tensors: list, body: bytes, start: int, specs: dict[str, Inp
     return _tensors.inputs(tensors, table, names, body, start, limits.max_string_bytes, limits.max_batch)
 
 
+def compiled_grpc(message: bytes, specs: dict[str, InputSpec], limits: Limits
+                  ) -> tuple[dict[str, np.ndarray], int] | None:
+    """The inputs of a serialized gRPC ModelInferRequest whose tensors travel in raw_input_contents (laid
+    out as the binary tensor extension's), compiled: None for the others, which `_grpc` parses in Python."""
+    if _tensors is None or not NATIVE_IS_WIRE or type(message) is not bytes:
+        return None
+    table, names = (specs if isinstance(specs, Inputs) else Inputs(specs)).table
+    return _tensors.grpc_inputs(message, table, names, limits.max_string_bytes, limits.max_batch)
+
+
 def _inputs(tensors: list, specs: dict[str, InputSpec], binary: memoryview, limits: Limits
             ) -> tuple[dict[str, np.ndarray], int]:
     """The request's inputs as arrays in the model's order, and its rows: the parser in Python, which

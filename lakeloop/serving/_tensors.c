@@ -54,6 +54,8 @@ static int read_spec(PyObject *tuple, Py_ssize_t *index, Spec *spec) {
     return !PyErr_Occurred();
 }
 
+static int check_shape(const Spec *spec, npy_intp *dims, int n);
+
 /* The client's shape checked against the declared one ([N] for a column is [N, 1]); its rank, or -1. */
 static int read_shape(PyObject *shape, const Spec *spec, npy_intp *dims) {
     if (!shape || !PyList_CheckExact(shape)) return -1;
@@ -67,6 +69,11 @@ static int read_shape(PyObject *shape, const Spec *spec, npy_intp *dims) {
         if (overflow || v < 1 || v > ((long long)1 << 40)) return -1;
         dims[i] = (npy_intp)v;
     }
+    return check_shape(spec, dims, (int)n);
+}
+
+/* dims[0:n] (each 1..2^40) against the declared shape; the rank, or -1. */
+static int check_shape(const Spec *spec, npy_intp *dims, int n) {
     if (spec->column && n == 1) {
         dims[1] = 1;
         return 2;
@@ -326,6 +333,8 @@ static PyObject *one_input(PyObject *tensor, PyObject *table, PyObject *body, co
     return data ? from_json(&spec, data, nd, dims, count, max_string) : NULL;
 }
 
+static PyObject *assemble(PyObject **found, PyObject *names, npy_intp rows, Py_ssize_t max_batch);
+
 static PyObject *inputs(PyObject *self, PyObject *args) {
     PyObject *tensors, *table, *names, *body;
     Py_ssize_t start, max_string, max_batch;
@@ -339,7 +348,6 @@ static PyObject *inputs(PyObject *self, PyObject *args) {
     const char *binary = PyBytes_AS_STRING(body) + start;
     Py_ssize_t left = length - start, offset = 0;
     npy_intp rows = -1;
-    PyObject *result = NULL;
     for (Py_ssize_t t = 0; t < given; t++) {
         Py_ssize_t index = -1;
         npy_intp batch;
@@ -357,6 +365,18 @@ static PyObject *inputs(PyObject *self, PyObject *args) {
         }
     }
     if (offset != left) goto decline;
+    return assemble(found, names, rows, max_batch);
+decline:
+    PyErr_Clear();
+    for (Py_ssize_t i = 0; i < wanted; i++) Py_XDECREF(found[i]);
+    Py_RETURN_NONE;
+}
+
+/* ({name: array} in the model's order, rows) from the arrays found, or None where one is missing; the
+ * references in found[] are released. */
+static PyObject *assemble(PyObject **found, PyObject *names, npy_intp rows, Py_ssize_t max_batch) {
+    Py_ssize_t wanted = PyTuple_GET_SIZE(names);
+    PyObject *result = NULL;
     if (rows < 0) rows = 1;
     if (rows > max_batch) goto decline;
     result = PyDict_New();
@@ -379,8 +399,180 @@ fail:
     return NULL;
 }
 
+/* ---- gRPC: a serialized inference.ModelInferRequest, its inputs in raw_input_contents ------------------ */
+
+static int varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+    uint64_t r = 0;
+    for (int shift = 0; *p < end && shift < 64; shift += 7) {
+        uint8_t b = *(*p)++;
+        r |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) { *v = r; return 0; }
+    }
+    return -1;
+}
+
+/* A length-delimited field's bytes: [*p, *p + *n). */
+static int delimited(const uint8_t **p, const uint8_t *end, const uint8_t **at, size_t *n) {
+    uint64_t len;
+    if (varint(p, end, &len) < 0 || len > (uint64_t)(end - *p)) return -1;
+    *at = *p; *n = (size_t)len; *p += len;
+    return 0;
+}
+
+static int skip(const uint8_t **p, const uint8_t *end, int wire) {
+    uint64_t v; const uint8_t *at; size_t n;
+    switch (wire) {
+    case 0: return varint(p, end, &v);
+    case 1: if (end - *p < 8) return -1; *p += 8; return 0;
+    case 2: return delimited(p, end, &at, &n);
+    case 5: if (end - *p < 4) return -1; *p += 4; return 0;
+    default: return -1;
+    }
+}
+
+typedef struct {
+    const uint8_t *name, *datatype, *raw;
+    size_t name_len, datatype_len, raw_len;
+    npy_intp dims[MAX_DIMS];
+    int nd;
+} Wire;
+
+/* One InferInputTensor: name (1), datatype (2), shape (3, packed or not); 0, or -1 for anything else in it
+ * (parameters, typed contents: the Python parser's) or a malformed one. */
+static int wire_tensor(const uint8_t *p, const uint8_t *end, Wire *t) {
+    t->name = t->datatype = NULL;
+    t->nd = 0;
+    while (p < end) {
+        uint64_t key, v;
+        if (varint(&p, end, &key) < 0) return -1;
+        int field = (int)(key >> 3), wire = (int)(key & 7);
+        const uint8_t *at; size_t n;
+        if ((field == 1 || field == 2) && wire == 2) {
+            if (delimited(&p, end, &at, &n) < 0) return -1;
+            if (field == 1) { t->name = at; t->name_len = n; } else { t->datatype = at; t->datatype_len = n; }
+        } else if (field == 3 && (wire == 0 || wire == 2)) {
+            const uint8_t *q = p, *stop = end;
+            if (wire == 2) { if (delimited(&p, end, &at, &n) < 0) return -1; q = at; stop = at + n; }
+            do {
+                if (varint(&q, stop, &v) < 0 || t->nd == MAX_DIMS || v < 1 || v > ((uint64_t)1 << 40)) return -1;
+                t->dims[t->nd++] = (npy_intp)v;
+            } while (wire == 2 && q < stop);
+            if (wire == 0) p = q;
+        } else if (field == 4 || field == 5) return -1;
+        else if (skip(&p, end, wire) < 0) return -1;
+    }
+    return t->name && t->datatype && t->nd ? 0 : -1;
+}
+
+static Wire WIRE[MAX_INPUTS]; /* under the interpreter lock */
+
+static PyObject *grpc_inputs(PyObject *self, PyObject *args) {
+    PyObject *message, *table, *names;
+    Py_ssize_t max_string, max_batch;
+    if (!PyArg_ParseTuple(args, "O!O!O!nn", &PyBytes_Type, &message, &PyDict_Type, &table, &PyTuple_Type, &names,
+                          &max_string, &max_batch))
+        return NULL;
+    Py_ssize_t wanted = PyTuple_GET_SIZE(names);
+    if (wanted > MAX_INPUTS) Py_RETURN_NONE;
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(message), *end = p + PyBytes_GET_SIZE(message);
+    int given = 0, raws = 0;
+    while (p < end) {
+        uint64_t key;
+        if (varint(&p, end, &key) < 0) Py_RETURN_NONE;
+        int field = (int)(key >> 3), wire = (int)(key & 7);
+        const uint8_t *at; size_t n;
+        if ((field == 5 || field == 7) && wire == 2) {
+            if (delimited(&p, end, &at, &n) < 0) Py_RETURN_NONE;
+            if (field == 5) {
+                if (given == MAX_INPUTS || wire_tensor(at, at + n, &WIRE[given]) < 0) Py_RETURN_NONE;
+                given++;
+            } else {
+                if (raws == MAX_INPUTS) Py_RETURN_NONE;
+                WIRE[raws].raw = at; WIRE[raws].raw_len = n;
+                raws++;
+            }
+        } else if (skip(&p, end, wire) < 0) Py_RETURN_NONE;
+    }
+    if (given == 0 || raws != given) Py_RETURN_NONE;
+    PyObject *found[MAX_INPUTS] = {NULL};
+    npy_intp rows = -1;
+    for (int t = 0; t < given; t++) {
+        Wire *w = &WIRE[t];
+        PyObject *name = PyUnicode_DecodeUTF8((const char *)w->name, w->name_len, NULL);
+        if (!name) goto decline;
+        PyObject *entry = PyDict_GetItemWithError(table, name);
+        Py_DECREF(name);
+        Spec spec;
+        Py_ssize_t index = -1, dlen;
+        if (!entry || !read_spec(entry, &index, &spec) || index < 0 || index >= wanted || found[index]) goto decline;
+        const char *datatype = PyUnicode_AsUTF8AndSize(spec.datatype, &dlen);
+        if (!datatype || (size_t)dlen != w->datatype_len || memcmp(datatype, w->datatype, dlen) != 0) goto decline;
+        npy_intp dims[MAX_DIMS];
+        memcpy(dims, w->dims, sizeof dims);
+        int nd = check_shape(&spec, dims, w->nd);
+        if (nd < 0) goto decline;
+        npy_intp count = 1;
+        for (int i = 0; i < nd; i++) {
+            if (count > ((npy_intp)1 << 40) / dims[i]) goto decline;
+            count *= dims[i];
+        }
+        found[index] = from_binary(&spec, message, (const char *)w->raw, (Py_ssize_t)w->raw_len, nd, dims, count,
+                                   max_string);
+        if (!found[index]) goto decline;
+        if (spec.free_batch) {
+            if (rows < 0) rows = dims[0];
+            else if (dims[0] != rows) goto decline;
+        }
+    }
+    return assemble(found, names, rows, max_batch);
+decline:
+    PyErr_Clear();
+    for (Py_ssize_t i = 0; i < wanted; i++) Py_XDECREF(found[i]);
+    Py_RETURN_NONE;
+}
+
+/* ---- the inference log's dictionary codes ------------------------------------------------------------ */
+
+/* codes(values, table, out, start): out[start + i] = table.setdefault(values.flat[i], len(table)), for a
+ * C-contiguous object array `values` and an int32 array `out` — the inference log's string columns, a
+ * dict lookup a value instead of a Python loop. False (nothing written) for arrays it does not take. */
+static PyObject *codes(PyObject *self, PyObject *args) {
+    PyArrayObject *values, *out;
+    PyObject *table;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "O!O!O!n", &PyArray_Type, &values, &PyDict_Type, &table, &PyArray_Type, &out, &start))
+        return NULL;
+    npy_intp n = PyArray_SIZE(values);
+    if (PyArray_TYPE(values) != NPY_OBJECT || !PyArray_IS_C_CONTIGUOUS(values) || PyArray_TYPE(out) != NPY_INT32 ||
+        PyArray_NDIM(out) != 1 || !PyArray_IS_C_CONTIGUOUS(out) || !PyArray_ISWRITEABLE(out) || start < 0 ||
+        start + n > PyArray_DIM(out, 0))
+        Py_RETURN_FALSE;
+    PyObject **v = PyArray_DATA(values);
+    int32_t *o = (int32_t *)PyArray_DATA(out) + start;
+    for (npy_intp i = 0; i < n; i++) {
+        PyObject *code = PyDict_GetItemWithError(table, v[i]);
+        if (code) {
+            o[i] = (int32_t)PyLong_AsLong(code);
+            continue;
+        }
+        if (PyErr_Occurred()) return NULL;
+        Py_ssize_t next = PyDict_GET_SIZE(table);
+        if (next > INT32_MAX) { PyErr_SetString(PyExc_OverflowError, "more distinct values than int32 codes"); return NULL; }
+        code = PyLong_FromSsize_t(next);
+        if (!code || PyDict_SetItem(table, v[i], code) < 0) { Py_XDECREF(code); return NULL; }
+        Py_DECREF(code);
+        o[i] = (int32_t)next;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"inputs", inputs, METH_VARARGS, "The request's inputs as arrays, or None (see the module's source)."},
+    {"grpc_inputs", grpc_inputs, METH_VARARGS,
+     "grpc_inputs(message, table, names, max_string_bytes, max_batch): a serialized ModelInferRequest's "
+     "inputs from raw_input_contents as arrays (views of message), or None (see the module's source)."},
+    {"codes", codes, METH_VARARGS, "codes(values, table, out, start): the inference log's dictionary codes "
+     "(see the module's source)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_tensors", "V2 inputs as numpy arrays, compiled.", -1,

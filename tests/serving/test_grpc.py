@@ -21,17 +21,20 @@ KEY = "grpc-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
 
 
-@pytest.fixture(scope="module")
-def servers(model_file, tmp_path_factory):
-    """The fraud model and the all-datatypes model, each over HTTP and gRPC."""
+@pytest.fixture(scope="module", params=["lakeloop", "uvicorn"])
+def servers(model_file, tmp_path_factory, request):
+    """The fraud model and the all-datatypes model, each over HTTP and gRPC — on lakeloop's front (HTTP/2 for
+    gRPC, the default) and on uvicorn with grpc.aio: one service, two transports, the same answers."""
     tmp = tmp_path_factory.mktemp("grpc")
     tensors_model(tmp / "tensors.onnx")
     fraud_port, tensors_port = _proc.free_port(), _proc.free_port()
-    with lakeloop_serve(["--onnx", str(model_file), "--name", "fraud", "--workers", "1", "--api-key", KEY,
-                         "--grpc-port", str(fraud_port), "--no-inference-logs"], tmp) as fraud, \
-            lakeloop_serve(["--onnx", str(tmp / "tensors.onnx"), "--workers", "1", "--api-key", KEY,
-                            "--grpc-port", str(tensors_port), "--no-inference-logs"], tmp) as tensors:
-        yield {"fraud": (fraud, f"127.0.0.1:{fraud_port}"), "tensors": (tensors, f"127.0.0.1:{tensors_port}")}
+    common = ["--workers", "1", "--api-key", KEY, "--no-inference-logs", "--http", request.param]
+    with lakeloop_serve(["--onnx", str(model_file), "--name", "fraud", "--grpc-port", str(fraud_port), *common],
+                        tmp) as fraud, \
+            lakeloop_serve(["--onnx", str(tmp / "tensors.onnx"), "--grpc-port", str(tensors_port), *common],
+                           tmp) as tensors:
+        yield {"fraud": (fraud, f"127.0.0.1:{fraud_port}"), "tensors": (tensors, f"127.0.0.1:{tensors_port}"),
+               "layer": request.param}
 
 
 def inputs_of(batch: dict[str, np.ndarray], datatypes: dict[str, str] | None = None) -> list[triton.InferInput]:
@@ -45,6 +48,8 @@ def inputs_of(batch: dict[str, np.ndarray], datatypes: dict[str, str] | None = N
 
 
 def test_probes_and_metadata(servers):
+    stack = "lakeloop's compiled front (HTTP/2)" if servers["layer"] == "lakeloop" else "grpcio (grpc.aio)"
+    assert f"grpc     port {servers['tensors'][1].split(':')[1]}, {stack}" in servers["tensors"][0].output()
     client = triton.InferenceServerClient(servers["tensors"][1])
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tensors")
     assert not client.is_model_ready("tensors", "7")
