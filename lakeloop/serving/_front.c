@@ -618,8 +618,8 @@ static const char H2_PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 enum { F_DATA, F_HEADERS, F_PRIORITY, F_RST, F_SETTINGS, F_PUSH, F_PING, F_GOAWAY, F_WINDOW, F_CONTINUATION };
 enum { FL_END_STREAM = 1, FL_ACK = 1, FL_END_HEADERS = 4, FL_PADDED = 8, FL_PRIORITY = 0x20 };
-enum { E_NO_ERROR = 0, E_PROTOCOL = 1, E_FLOW_CONTROL = 3, E_STREAM_CLOSED = 5, E_FRAME_SIZE = 6, E_REFUSED = 7,
-       E_COMPRESSION = 9 };
+enum { E_NO_ERROR = 0, E_PROTOCOL = 1, E_INTERNAL = 2, E_FLOW_CONTROL = 3, E_STREAM_CLOSED = 5, E_FRAME_SIZE = 6,
+       E_REFUSED = 7, E_CANCEL = 8, E_COMPRESSION = 9 };
 enum { G_DEADLINE_EXCEEDED = 4, G_RESOURCE_EXHAUSTED = 8, G_UNIMPLEMENTED = 12, G_INTERNAL = 13 };
 
 typedef struct Stream {
@@ -1089,6 +1089,7 @@ static int h2_pump(Conn *c, Stream *s) {
 static int h2_answer(Conn *c, Stream *s, int code, const char *message, size_t mlen, const char *detail, size_t dlen) {
     build_trailers(s, code, detail, dlen);
     s->answered = 1;
+    s->deadline = now() + c->front->body_timeout; /* for a client that never opens its window to the answer */
     if (!message) { /* one HEADERS frame: the response head and the trailers */
         char block[sizeof RESPONSE_HEAD + sizeof s->trailers];
         memcpy(block, RESPONSE_HEAD, sizeof RESPONSE_HEAD);
@@ -1110,14 +1111,12 @@ static int h2_answer(Conn *c, Stream *s, int code, const char *message, size_t m
 
 /* An HTTP status instead of a gRPC answer (a request that is not gRPC at all), then the stream ends. */
 static int h2_http_status(Conn *c, Stream *s, int status) {
-    uint8_t block[8];
-    size_t n = 0;
-    block[n++] = 0x08; /* literal without indexing, the name :status (static index 8) */
-    n += (size_t)snprintf((char *)block + n + 1, 4, "%d", status);
-    block[1] = 3;
-    n++;
+    uint8_t block[5] = {0x08, 3}; /* a literal without indexing named :status (static index 8), 3 digits */
+    block[2] = (uint8_t)('0' + status / 100);
+    block[3] = (uint8_t)('0' + status / 10 % 10);
+    block[4] = (uint8_t)('0' + status % 10);
     s->answered = 1;
-    if (h2_frame(c, F_HEADERS, FL_END_HEADERS | FL_END_STREAM, s->id, block, n) < 0) return -1;
+    if (h2_frame(c, F_HEADERS, FL_END_HEADERS | FL_END_STREAM, s->id, block, sizeof block) < 0) return -1;
     if (!s->ended && h2_u32_frame(c, F_RST, s->id, E_NO_ERROR) < 0) return -1;
     stream_free(c, s);
     return 0;
@@ -1432,7 +1431,7 @@ static void h2_advance(Conn *c, int alone) {
     }
     h->in_advance = 0;
     if (c->closed) return;
-    if (r == -1) { PyErr_WriteUnraisable((PyObject *)c); h2_fail(c, 2, "internal error"); return; }
+    if (r == -1) { PyErr_WriteUnraisable((PyObject *)c); h2_fail(c, E_INTERNAL, "internal error"); return; }
     if (c->state == DISCARD && r == -2) return; /* failed: h2_fail has sent and is closing */
     memmove(c->in, c->in + at, c->in_len - at);
     c->in_len -= at;
@@ -1510,7 +1509,12 @@ static void h2_sweep(Conn *c, double t) {
     }
     for (Stream *s = h->streams, *next; s; s = next) {
         next = s->next;
-        if (s->busy || s->answered || t <= s->deadline) continue;
+        if (s->busy || t <= s->deadline) continue;
+        if (s->answered) { /* its answer waits on a window the client does not open: dropped */
+            if (h2_u32_frame(c, F_RST, s->id, E_CANCEL) < 0) { PyErr_Clear(); conn_close(c); return; }
+            stream_free(c, s);
+            continue;
+        }
         char why[120];
         snprintf(why, sizeof why, "request message not complete within %g s", c->front->body_timeout);
         if (h2_answer(c, s, G_DEADLINE_EXCEEDED, NULL, 0, why, strlen(why)) < 0) { PyErr_Clear(); conn_close(c); return; }

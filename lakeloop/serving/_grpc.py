@@ -168,14 +168,12 @@ def calls(server: ModelServer) -> dict[str, tuple[type, Callable]]:
     def model_of(name: str, version: str) -> LoadedModel:
         served = server.models.get(name)
         if served is None:
-            raise _Refused(Code.NOT_FOUND, f"unknown model {name!r}: this server serves "
-                                                      f"{server.describe()}")
+            raise _Refused(Code.NOT_FOUND, f"unknown model {name!r}: this server serves {server.describe()}")
         model = served.model
         if model is None:
             raise _Refused(Code.UNAVAILABLE, f"{name} is not loaded yet")
         if version and version != model.version:
-            raise _Refused(Code.NOT_FOUND, f"{name} version {version!r} is not loaded (serving "
-                                                      f"{model.version!r})")
+            raise _Refused(Code.NOT_FOUND, f"{name} version {version!r} is not loaded (serving {model.version!r})")
         return model
 
     def live(request, message, authorization, alone=False, reply=None):
@@ -247,17 +245,16 @@ def calls(server: ModelServer) -> dict[str, tuple[type, Callable]]:
             result = server.infer(name, model, parsed)
         except Exception as exc:
             result = exc
-        answer = outcome(name, model, parsed, result, started)
-        if isinstance(answer, _Refused):
-            raise answer
-        return answer
+        return settled(outcome(name, model, parsed, result, started))
 
     async def batched(name: str, model: LoadedModel, parsed: v2.InferRequest, started: float):
         try:
             result = await server.infer_batched(name, model, parsed)
         except Exception as exc:
             result = exc
-        answer = outcome(name, model, parsed, result, started)
+        return settled(outcome(name, model, parsed, result, started))
+
+    def settled(answer):
         if isinstance(answer, _Refused):
             raise answer
         return answer
@@ -272,8 +269,8 @@ def decode(request_type: type, message: bytes):
     try:
         return request_type.FromString(message)
     except DecodeError:
-        raise _Refused(Code.INVALID_ARGUMENT, f"the request is not a valid {request_type.DESCRIPTOR.full_name}"
-                                                         " message") from None
+        raise _Refused(Code.INVALID_ARGUMENT,
+                       f"the request is not a valid {request_type.DESCRIPTOR.full_name} message") from None
 
 
 def handlers(server: ModelServer):
@@ -311,8 +308,7 @@ def front_handler(server: ModelServer) -> Callable:
 
         found = table.get(path[len(prefix):]) if path.startswith(prefix) else None
         if found is None:
-            reply(_Refused(Code.UNIMPLEMENTED, f"unknown method {path}: this server offers "
-                                                          f"{SERVICE}'s {offered}"))
+            reply(_Refused(Code.UNIMPLEMENTED, f"unknown method {path}: this server offers {SERVICE}'s {offered}"))
             return
         request_type, function = found
         authorization = headers.get(b"authorization")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from benchmarks._models import nan_on_zero_amount, raw_feature_model
 from lakeloop.devstack import _proc
 
 ROOT = Path(__file__).resolve().parents[2]
-__all__ = ["lakeloop_serve", "nan_on_zero_amount", "raw_feature_model", "rows"]
+__all__ = ["lakeloop_serve", "nan_on_zero_amount", "raw_feature_model", "rows", "run_concurrently"]
 
 
 @pytest.fixture(scope="session")
@@ -85,3 +86,16 @@ def lakeloop_serve(args: list[str], tmp: Path, env: dict[str, str] | None = None
         yield Served(url, process, log)
     finally:
         _proc.stop(process.pid, 15)
+
+
+def run_concurrently(plan: list, one: Callable[[object], Awaitable[None]], clients: int = 16) -> None:
+    """`one(item)` for every item of `plan`, `clients` at a time, in one asyncio loop (hostile-client tests)."""
+    async def run_all() -> None:
+        queue = list(plan)
+
+        async def client() -> None:
+            while queue:
+                await one(queue.pop())
+        await asyncio.gather(*(client() for _ in range(clients)))
+
+    asyncio.run(run_all())

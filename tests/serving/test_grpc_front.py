@@ -26,7 +26,7 @@ import tritonclient.grpc as triton
 from lakeloop.devstack import _proc
 from lakeloop.serving import _inference_pb2 as pb
 from lakeloop.serving._protocol import to_binary
-from tests.serving.conftest import answer_of, lakeloop_serve, rows
+from tests.serving.conftest import answer_of, lakeloop_serve, rows, run_concurrently
 
 KEY = "front-key"
 MAX_BODY = 256 * 1024
@@ -281,6 +281,21 @@ def test_a_call_not_complete_in_time_gets_deadline_exceeded(server, model_file):
     healthy(server, model_file)
 
 
+def test_an_answer_the_client_never_opens_its_window_to_is_dropped_in_time(server, model_file):
+    """A client window of 0 that never grows: after --body-timeout the answer is dropped (RST_STREAM CANCEL)
+    rather than held for ever."""
+    message, _ = request_of(2)
+    client = Client(server.grpc, window=0)
+    try:
+        stream = client.call(framed(message))
+        events = client.read(lambda events: any(isinstance(e, h2.events.StreamReset) for e in events), 4)
+    finally:
+        client.close()
+    assert [e.error_code for e in events if isinstance(e, h2.events.StreamReset)] == [8]
+    assert not [e for e in events if isinstance(e, h2.events.DataReceived) and e.stream_id == stream]
+    healthy(server, model_file)
+
+
 def test_pings_are_answered_and_a_cancelled_call_leaves_the_connection_working(server, model_file):
     message, batch = request_of(2, seed=8)
     client = Client(server.grpc)
@@ -416,15 +431,7 @@ def test_thousands_of_hostile_grpc_connections_leave_it_healthy_and_every_good_c
         finally:
             writer.close()
 
-    async def run_all() -> None:
-        queue = list(plan)
-
-        async def client() -> None:
-            while queue:
-                await one(queue.pop())
-        await asyncio.gather(*(client() for _ in range(16)))
-
-    asyncio.run(run_all())
+    run_concurrently(plan, one, clients=16)
     assert outcome["good"] == {0: 1500} and not wrong, (outcome, wrong[:3])
     assert set(outcome["compressed"]) == {12} and set(outcome["oversized"]) <= {8, "reset", "error"}
     assert set(outcome["garbage"]) <= {"closed", "error"}

@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.serving.conftest import answer_of, lakeloop_serve, rows
+from tests.serving.conftest import answer_of, lakeloop_serve, rows, run_concurrently
 
 KEY = "hostile-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -196,16 +196,8 @@ def test_ten_thousand_hostile_requests_leave_it_healthy_and_every_good_one_answe
         finally:
             writer.close()
 
-    async def run_all() -> None:
-        queue = list(plan)
-
-        async def client() -> None:
-            while queue:
-                await one(queue.pop())
-        await asyncio.gather(*(client() for _ in range(16)))
-
     started = time.monotonic()
-    asyncio.run(run_all())
+    run_concurrently(plan, one, clients=16)
     elapsed = time.monotonic() - started
     assert outcome["good"] == {200: 4000}, outcome
     assert not wrong_answers
