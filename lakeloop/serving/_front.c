@@ -1439,7 +1439,7 @@ static void h2_advance(Conn *c, int alone) {
     int sent = flush_out(c);
     if (sent < 0) { conn_close(c); return; }
     if (c->state == DISCARD) { if (sent == 0) linger(c); return; } /* a GOAWAY's last answer went */
-    if ((c->peer_closed || h->peer_goaway) && h->n_streams == 0) { conn_close(c); return; }
+    if ((c->peer_closed || h->peer_goaway) && h->n_streams == 0) h2_goaway(c); /* the client is done: so are we */
 }
 
 /* ---- Conn methods ---- */
@@ -1488,10 +1488,8 @@ static PyObject *Conn_respond_grpc(Conn *c, PyObject *args) {
         else {
             result = Py_True;
             H2 *h = c->h2;
-            if (h->goaway && h->n_streams == 0) h2_goaway(c);
-            else if ((c->peer_closed || h->peer_goaway) && h->n_streams == 0 && !h->in_advance) {
-                flush_out(c); conn_close(c);
-            } else h2_flush(c);
+            if ((h->goaway || c->peer_closed || h->peer_goaway) && h->n_streams == 0) h2_goaway(c); /* the last answer */
+            else h2_flush(c);
         }
     }
     if (message != Py_None) PyBuffer_Release(&body);

@@ -355,6 +355,43 @@ def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
     return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
 
 
+def _connection_bytes(body: bytes, end: bool = True) -> bytes:
+    """A whole connection's bytes: preface, SETTINGS, one call's HEADERS, its DATA frames (sent as if
+    the server's larger window were already known)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", INFER), (":authority", "x"),
+                          ("content-type", "application/grpc"), ("authorization", f"Bearer {KEY}")])
+    chunks = [body[i:i + 16384] for i in range(0, len(body), 16384)]
+    return conn.data_to_send() + b"".join(_frame(0, int(end and i == len(chunks) - 1), 1, chunk)
+                                          for i, chunk in enumerate(chunks))
+
+
+def _client_for(stream: int = 1) -> h2.connection.H2Connection:
+    """An h2 client whose state matches a connection sent as raw bytes with one call on `stream`."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.send_headers(stream, [(":method", "POST"), (":scheme", "http"), (":path", INFER), (":authority", "x")])
+    conn.data_to_send()
+    return conn
+
+
+def test_a_client_that_half_closes_after_its_call_still_gets_the_answer(server, model_file):
+    """The call, then the client's FIN at once: the answer still comes whole before the server closes."""
+    message, batch = request_of(2, seed=12)
+    with socket.create_connection(server.grpc, timeout=5) as sock:
+        sock.sendall(_connection_bytes(framed(message)))
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    events = _client_for().receive_data(got)
+    data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    trailers = [dict(e.headers) for e in events if isinstance(e, h2.events.TrailersReceived)]
+    assert trailers and trailers[0]["grpc-status"] == "0"
+    assert np.allclose(probabilities(data).ravel(), answer_of(model_file, batch).ravel(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("case,code", [("bad header block", 9), ("DATA on stream 0", 1),
                                        ("frame over 16 KB", 6), ("CONTINUATION without HEADERS", 1),
                                        ("even stream id", 1), ("window overflow", 3)])
@@ -390,23 +427,12 @@ def test_thousands_of_hostile_grpc_connections_leave_it_healthy_and_every_good_c
     message, batch = request_of(3, seed=9)
     expected = answer_of(model_file, batch).ravel()
 
-    def connection_bytes(body: bytes, end: bool = True) -> bytes:
-        """A whole connection's bytes: preface, SETTINGS, one call's HEADERS, its DATA frames (sent as if
-        the server's larger window were already known)."""
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        conn.initiate_connection()
-        conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", INFER), (":authority", "x"),
-                              ("content-type", "application/grpc"), ("authorization", f"Bearer {KEY}")])
-        chunks = [body[i:i + 16384] for i in range(0, len(body), 16384)]
-        return conn.data_to_send() + b"".join(_frame(0, int(end and i == len(chunks) - 1), 1, chunk)
-                                              for i, chunk in enumerate(chunks))
-
-    kinds = {"good": connection_bytes(framed(message)),
+    kinds = {"good": _connection_bytes(framed(message)),
              "garbage": np.random.default_rng(1).integers(0, 256, 600, dtype=np.uint8).tobytes(),
-             "oversized": connection_bytes(framed(b"\x0a" * (MAX_BODY + 10)))[:MAX_BODY + 40000],
-             "compressed": connection_bytes(framed(message, compressed=1)),
-             "truncated": connection_bytes(framed(message), end=False)[:-20],
-             "abandoned": connection_bytes(framed(message))[:60]}
+             "oversized": _connection_bytes(framed(b"\x0a" * (MAX_BODY + 10)))[:MAX_BODY + 40000],
+             "compressed": _connection_bytes(framed(message, compressed=1)),
+             "truncated": _connection_bytes(framed(message), end=False)[:-20],
+             "abandoned": _connection_bytes(framed(message))[:60]}
     plan = list(np.random.default_rng(2).permutation(["good"] * 1500 + ["garbage"] * 500 + ["oversized"] * 200 +
                                                      ["compressed"] * 300 + ["truncated"] * 300 +
                                                      ["abandoned"] * 200))
@@ -422,11 +448,7 @@ def test_thousands_of_hostile_grpc_connections_leave_it_healthy_and_every_good_c
             await writer.drain()
             if kind in ("abandoned", "truncated"):
                 return  # the client goes away mid-call
-            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
-            conn.initiate_connection()
-            conn.data_to_send()
-            conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", INFER), (":authority", "x")])
-            conn.data_to_send()  # this client's state now matches the bytes sent
+            conn = _client_for()
             status, data = None, b""
             while status is None:
                 chunk = await asyncio.wait_for(reader.read(65536), 10)
