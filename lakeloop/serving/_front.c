@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
@@ -633,8 +634,9 @@ typedef struct Stream {
     int64_t credit;                /* bytes it took from the connection window, given back when it ends */
     int64_t window;                /* what we may still send on it */
     char *out; size_t out_len, out_off; /* our DATA (the framed message) */
-    char trailers[H2_DETAIL * 3 + 128]; size_t trailers_len;
     struct Stream *next;
+    size_t trailers_len;
+    char trailers[H2_DETAIL * 3 + 128]; /* last: a new stream zeroes only what comes before */
 } Stream;
 
 typedef struct { char *name, *value; size_t nlen, vlen; } Entry;
@@ -868,7 +870,7 @@ static int table_get(H2 *h, uint64_t index, const char **name, size_t *nlen, con
 
 typedef struct {
     PyObject *headers, *path;
-    size_t size; /* the header list's size as RFC 9113 counts it */
+    size_t size, limit; /* the header list's size as RFC 9113 counts it; max_head */
     int post, grpc, regular_seen, bad;
 } Head;
 
@@ -891,7 +893,7 @@ static int on_field(Head *d, const char *n, size_t nl, const char *v, size_t vl)
     for (size_t i = 0; i < nl; i++) if (n[i] >= 'A' && n[i] <= 'Z') d->bad = 1; /* HTTP/2 names are lowercase */
     if (nl == 12 && memcmp(n, "content-type", 12) == 0)
         d->grpc = vl >= 16 && memcmp(v, "application/grpc", 16) == 0 && (vl == 16 || v[16] == '+' || v[16] == ';');
-    if (d->size > (size_t)1 << 20) return 0; /* keep decoding (the table must stay in step), stop keeping */
+    if (d->size > d->limit) return 0; /* refused anyway: keep decoding (the table must stay in step), not keeping */
     PyObject *key = PyBytes_FromStringAndSize(n, nl);
     if (!key) return -1;
     PyObject *old = PyDict_GetItemWithError(d->headers, key), *val;
@@ -1131,8 +1133,9 @@ static Stream *stream_find(H2 *h, uint32_t id) {
 
 static Stream *stream_new(Conn *c, uint32_t id) {
     H2 *h = c->h2;
-    Stream *s = PyMem_Calloc(1, sizeof(Stream));
+    Stream *s = PyMem_Malloc(sizeof(Stream));
     if (!s) { PyErr_NoMemory(); return NULL; }
+    memset(s, 0, offsetof(Stream, trailers));
     s->id = id;
     s->window = h->peer_initial;
     s->deadline = now() + c->front->body_timeout;
@@ -1198,7 +1201,7 @@ static int h2_call(Conn *c, Stream *s, int *alone) {
 static int h2_headers(Conn *c, uint32_t id, int flags, int *alone) {
     H2 *h = c->h2;
     Front *f = c->front;
-    Head d = {PyDict_New(), NULL, 0, 0, 0, 0, 0};
+    Head d = {PyDict_New(), NULL, 0, (size_t)f->max_head, 0, 0, 0, 0};
     if (!d.headers) return -1;
     int r = hpack_decode(h, (const uint8_t *)h->block, h->block_len, &d);
     h->block_len = 0;
@@ -1257,7 +1260,7 @@ static int h2_data(Conn *c, uint32_t id, int flags, const uint8_t *p, size_t len
     if (!s || s->ended) {
         h->credit += len; /* a stream answered (or reset) already: its late DATA is dropped */
         if (!s && id > h->last_id) { h2_fail(c, E_PROTOCOL, "DATA on an idle stream"); return -2; }
-        return s ? h2_u32_frame(c, F_RST, id, E_STREAM_CLOSED) : h2_give_back(c);
+        return s ? h2_u32_frame(c, F_RST, id, E_STREAM_CLOSED) : 0;
     }
     s->credit += len;
     if (flags & FL_PADDED) {
@@ -1351,7 +1354,7 @@ static int h2_frame_in(Conn *c, int type, int flags, uint32_t id, const uint8_t 
     case F_RST: {
         if (len != 4 || id == 0) { h2_fail(c, E_PROTOCOL, "malformed RST_STREAM"); return -2; }
         Stream *s = stream_find(h, id);
-        if (s) { stream_free(c, s); return h2_give_back(c); } /* cancelled: a later answer goes nowhere */
+        if (s) { stream_free(c, s); return 0; } /* cancelled: a later answer goes nowhere */
         if (id > h->last_id) { h2_fail(c, E_PROTOCOL, "RST_STREAM on an idle stream"); return -2; }
         return 0;
     }

@@ -149,9 +149,6 @@ def response(name: str, version: str, request: v2.InferRequest, outputs: dict[st
     return answer
 
 
-Reply = Callable[[object], None]
-
-
 def calls(server: ModelServer) -> dict[str, tuple[type, Callable]]:
     """The service's RPCs by method name, whatever carries them (grpc.aio or lakeloop's HTTP/2 front): each
     is (request type, function(request, message, authorization, alone, reply)) — the decoded request and its

@@ -159,20 +159,24 @@ def compiled_inputs(tensors: list, body: bytes, start: int, specs: dict[str, Inp
     """`_inputs` compiled (lakeloop/serving/_tensors.c), for the requests it takes; None for the others
     (and where it is not built), which the Python parser then takes or refuses with its message.
     `tensors` are the request's JSON tensor objects; binary tensors are `body[start:]`."""
-    if _tensors is None or not NATIVE_IS_WIRE or type(body) is not bytes:
-        return None
-    table, names = (specs if isinstance(specs, Inputs) else Inputs(specs)).table
-    return _tensors.inputs(tensors, table, names, body, start, limits.max_string_bytes, limits.max_batch)
+    model = _compiled_model(body, specs)
+    return model and _tensors.inputs(tensors, *model, body, start, limits.max_string_bytes, limits.max_batch)
 
 
 def compiled_grpc(message: bytes, specs: dict[str, InputSpec], limits: Limits
                   ) -> tuple[dict[str, np.ndarray], int] | None:
     """The inputs of a serialized gRPC ModelInferRequest whose tensors travel in raw_input_contents (laid
     out as the binary tensor extension's), compiled: None for the others, which `_grpc` parses in Python."""
-    if _tensors is None or not NATIVE_IS_WIRE or type(message) is not bytes:
+    model = _compiled_model(message, specs)
+    return model and _tensors.grpc_inputs(message, *model, limits.max_string_bytes, limits.max_batch)
+
+
+def _compiled_model(data: bytes, specs: dict[str, InputSpec]) -> tuple[dict, tuple] | None:
+    """The model's inputs as the compiled parser reads them (table, names); None where it cannot parse `data`
+    (not built here, a byte order other than the wire's, not bytes)."""
+    if _tensors is None or not NATIVE_IS_WIRE or type(data) is not bytes:
         return None
-    table, names = (specs if isinstance(specs, Inputs) else Inputs(specs)).table
-    return _tensors.grpc_inputs(message, table, names, limits.max_string_bytes, limits.max_batch)
+    return (specs if isinstance(specs, Inputs) else Inputs(specs)).table
 
 
 def _inputs(tensors: list, specs: dict[str, InputSpec], binary: memoryview, limits: Limits

@@ -56,6 +56,16 @@ static int read_spec(PyObject *tuple, Py_ssize_t *index, Spec *spec) {
 
 static int check_shape(const Spec *spec, npy_intp *dims, int n);
 
+/* The number of elements of a shape; -1 past 2^40. */
+static npy_intp count_of(const npy_intp *dims, int nd) {
+    npy_intp count = 1;
+    for (int i = 0; i < nd; i++) {
+        if (count > ((npy_intp)1 << 40) / dims[i]) return -1;
+        count *= dims[i];
+    }
+    return count;
+}
+
 /* The client's shape checked against the declared one ([N] for a column is [N, 1]); its rank, or -1. */
 static int read_shape(PyObject *shape, const Spec *spec, npy_intp *dims) {
     if (!shape || !PyList_CheckExact(shape)) return -1;
@@ -307,11 +317,8 @@ static PyObject *one_input(PyObject *tensor, PyObject *table, PyObject *body, co
     npy_intp dims[MAX_DIMS];
     int nd = read_shape(PyDict_GetItemWithError(tensor, k_shape), &spec, dims);
     if (nd < 0) return NULL;
-    npy_intp count = 1;
-    for (int i = 0; i < nd; i++) {
-        if (count > ((npy_intp)1 << 40) / dims[i]) return NULL;
-        count *= dims[i];
-    }
+    npy_intp count = count_of(dims, nd);
+    if (count < 0) return NULL;
     *batch = spec.free_batch ? dims[0] : -1;
     PyObject *size = NULL, *parameters = PyDict_GetItemWithError(tensor, k_parameters);
     if (parameters && PyDict_CheckExact(parameters)) {
@@ -511,11 +518,8 @@ static PyObject *grpc_inputs(PyObject *self, PyObject *args) {
         memcpy(dims, w->dims, sizeof dims);
         int nd = check_shape(&spec, dims, w->nd);
         if (nd < 0) goto decline;
-        npy_intp count = 1;
-        for (int i = 0; i < nd; i++) {
-            if (count > ((npy_intp)1 << 40) / dims[i]) goto decline;
-            count *= dims[i];
-        }
+        npy_intp count = count_of(dims, nd);
+        if (count < 0) goto decline;
         found[index] = from_binary(&spec, message, (const char *)w->raw, (Py_ssize_t)w->raw_len, nd, dims, count,
                                    max_string);
         if (!found[index]) goto decline;

@@ -18,7 +18,8 @@ from benchmarks._models import nan_on_zero_amount, raw_feature_model
 from lakeloop.devstack import _proc
 
 ROOT = Path(__file__).resolve().parents[2]
-__all__ = ["lakeloop_serve", "nan_on_zero_amount", "raw_feature_model", "rows", "run_concurrently"]
+__all__ = ["answers_over_grpc", "grpc_inputs_of", "lakeloop_serve", "nan_on_zero_amount", "raw_feature_model", "rows",
+           "run_concurrently"]
 
 
 @pytest.fixture(scope="session")
@@ -99,3 +100,25 @@ def run_concurrently(plan: list, one: Callable[[object], Awaitable[None]], clien
         await asyncio.gather(*(client() for _ in range(clients)))
 
     asyncio.run(run_all())
+
+
+def grpc_inputs_of(batch: dict[str, np.ndarray], datatypes: dict[str, str] | None = None) -> list:
+    """tritonclient.grpc InferInputs for named arrays (BYTES for strings, FP32 otherwise, unless `datatypes`)."""
+    import tritonclient.grpc as triton
+
+    inputs = []
+    for name, array in batch.items():
+        datatype = (datatypes or {}).get(name) or ("BYTES" if array.dtype == object else "FP32")
+        tensor = triton.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def answers_over_grpc(address: str, key: str, batch: dict[str, np.ndarray], model: Path, name: str = "fraud") -> None:
+    """A ModelInfer through tritonclient.grpc answers what ONNX Runtime answers for `batch`."""
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(address)
+    result = client.infer(name, grpc_inputs_of(batch), headers={"authorization": f"Bearer {key}"})
+    assert np.allclose(result.as_numpy("probability").ravel(), answer_of(model, batch).ravel(), rtol=1e-5)

@@ -14,7 +14,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from lakeloop.devstack import _proc
-from tests.serving.conftest import ROOT, answer_of, lakeloop_serve, rows
+from tests.serving.conftest import ROOT, answer_of, grpc_inputs_of, lakeloop_serve, rows
 from tests.serving.test_any_onnx_model import DATATYPES, assert_outputs, batch_of, expected_of, tensors_model
 
 KEY = "grpc-key"
@@ -37,16 +37,6 @@ def servers(model_file, tmp_path_factory, request):
                "layer": request.param}
 
 
-def inputs_of(batch: dict[str, np.ndarray], datatypes: dict[str, str] | None = None) -> list[triton.InferInput]:
-    inputs = []
-    for name, array in batch.items():
-        datatype = (datatypes or {}).get(name) or ("BYTES" if array.dtype == object else "FP32")
-        tensor = triton.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
-
-
 def test_probes_and_metadata(servers):
     stack = "lakeloop's compiled front (HTTP/2)" if servers["layer"] == "lakeloop" else "grpcio (grpc.aio)"
     assert f"grpc     port {servers['tensors'][1].split(':')[1]}, {stack}" in servers["tensors"][0].output()
@@ -65,7 +55,7 @@ def test_a_lakeloop_model_answers_as_over_http_with_nan(servers, model_file):
     batch = rows(9, seed=3)
     batch["amount"][2, 0] = np.nan
     client = triton.InferenceServerClient(address)
-    result = client.infer("fraud", inputs_of(batch), headers=AUTH, request_id="r-1")
+    result = client.infer("fraud", grpc_inputs_of(batch), headers=AUTH, request_id="r-1")
     np.testing.assert_allclose(result.as_numpy("probability"), answer_of(model_file, batch), rtol=1e-6)
     bearer = {"Authorization": f"Bearer {KEY}"}
     version = httpx.get(f"{http.url}/v2/models/fraud", headers=bearer).json()["versions"][0]
@@ -79,9 +69,9 @@ def test_every_datatype_and_requested_outputs(servers):
     batch = batch_of(4, seed=5)
     expected = expected_of(batch)
     outputs = [triton.InferRequestedOutput(n) for n in expected]
-    result = client.infer("tensors", inputs_of(batch, DATATYPES), outputs=outputs, headers=AUTH)
+    result = client.infer("tensors", grpc_inputs_of(batch, DATATYPES), outputs=outputs, headers=AUTH)
     assert_outputs(result.as_numpy, batch)
-    top = client.infer("tensors", inputs_of(batch, DATATYPES), headers=AUTH,
+    top = client.infer("tensors", grpc_inputs_of(batch, DATATYPES), headers=AUTH,
                        outputs=[triton.InferRequestedOutput("scores", class_count=1)])
     assert [int(v.decode().split(":")[1]) for v in top.as_numpy("scores").ravel()] == list(
         expected["scores"].argmax(axis=1))
@@ -141,7 +131,7 @@ def test_bad_requests_are_invalid_argument_naming_the_input(servers, case):
     change, message = BAD[case]
     change(batch)
     with pytest.raises(InferenceServerException) as info:
-        client.infer("tensors", inputs_of(batch, DATATYPES), headers=AUTH)
+        client.infer("tensors", grpc_inputs_of(batch, DATATYPES), headers=AUTH)
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT" and message in info.value.message()
     assert client.is_server_ready()
 
@@ -149,19 +139,19 @@ def test_bad_requests_are_invalid_argument_naming_the_input(servers, case):
 def test_wrong_datatype_and_auth(servers):
     client = triton.InferenceServerClient(servers["tensors"][1])
     batch = batch_of(2)
-    wrong = [*inputs_of({k: v for k, v in batch.items() if k != "pixels"}, DATATYPES),
+    wrong = [*grpc_inputs_of({k: v for k, v in batch.items() if k != "pixels"}, DATATYPES),
              _input("pixels", batch["pixels"].astype(np.int32), "INT32")]
     with pytest.raises(InferenceServerException) as info:
         client.infer("tensors", wrong, headers=AUTH)
     assert "input 'pixels' has datatype 'INT32': expected 'UINT8'" in info.value.message()
     with pytest.raises(InferenceServerException) as info:
-        client.infer("tensors", inputs_of(batch, DATATYPES))
+        client.infer("tensors", grpc_inputs_of(batch, DATATYPES))
     assert info.value.status() == "StatusCode.UNAUTHENTICATED"
     with pytest.raises(InferenceServerException) as info:
-        client.infer("tensors", inputs_of(batch, DATATYPES), headers={"authorization": "Bearer wrong"})
+        client.infer("tensors", grpc_inputs_of(batch, DATATYPES), headers={"authorization": "Bearer wrong"})
     assert info.value.status() == "StatusCode.UNAUTHENTICATED"
     with pytest.raises(InferenceServerException) as info:
-        client.infer("nothing", inputs_of(batch, DATATYPES), headers=AUTH)
+        client.infer("nothing", grpc_inputs_of(batch, DATATYPES), headers=AUTH)
     assert info.value.status() == "StatusCode.NOT_FOUND" and "unknown model 'nothing'" in info.value.message()
 
 

@@ -21,12 +21,11 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-import tritonclient.grpc as triton
 
 from lakeloop.devstack import _proc
 from lakeloop.serving import _inference_pb2 as pb
 from lakeloop.serving._protocol import to_binary
-from tests.serving.conftest import answer_of, lakeloop_serve, rows, run_concurrently
+from tests.serving.conftest import answer_of, answers_over_grpc, lakeloop_serve, rows, run_concurrently
 
 KEY = "front-key"
 MAX_BODY = 256 * 1024
@@ -145,15 +144,7 @@ def probabilities(data: bytes) -> np.ndarray:
 
 def healthy(server, model_file) -> None:
     """The server answers a good gRPC call right (through tritonclient) and its HTTP probe."""
-    _, batch = request_of(3, seed=5)
-    client = triton.InferenceServerClient(f"{server.grpc[0]}:{server.grpc[1]}")
-    inputs = []
-    for name, array in batch.items():
-        tensor = triton.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else "FP32")
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    result = client.infer("fraud", inputs, headers={"authorization": f"Bearer {KEY}"})
-    assert np.allclose(result.as_numpy("probability").ravel(), answer_of(model_file, batch).ravel(), rtol=1e-5)
+    answers_over_grpc(f"{server.grpc[0]}:{server.grpc[1]}", KEY, rows(3, seed=5), model_file)
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
 
 
@@ -177,15 +168,8 @@ def test_a_large_call_crosses_frames_and_windows(server, model_file):
         if array.dtype == object:  # long category strings (unknown to the model: its "other" bucket)
             batch[name] = np.array([f"{v}-{'x' * 100}-{i}" for i, v in enumerate(array.ravel())],
                                    dtype=object).reshape(array.shape)
-    inputs = []
-    for name, array in batch.items():
-        tensor = triton.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else "FP32")
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
     assert 150_000 < sum(len(to_binary(a)) for a in batch.values()) < MAX_BODY
-    client = triton.InferenceServerClient(f"{server.grpc[0]}:{server.grpc[1]}")
-    result = client.infer("fraud", inputs, headers={"authorization": f"Bearer {KEY}"})
-    assert np.allclose(result.as_numpy("probability").ravel(), answer_of(model_file, batch).ravel(), rtol=1e-5)
+    answers_over_grpc(f"{server.grpc[0]}:{server.grpc[1]}", KEY, batch, model_file)
 
 
 def test_many_calls_on_one_connection_interleaved(server, model_file):
@@ -227,8 +211,7 @@ def test_calls_the_front_or_the_service_refuses_get_a_grpc_status_naming_why(ser
     try:
         stream = client.start(path=path, end=end)
         if not end:
-            client.h2.send_data(stream, body, end_stream=True) if len(body) < 60000 else _send_big(client, stream, body)
-            client.flush()
+            _send(client, stream, body)
         answer = client.answer(stream)
     finally:
         client.close()
@@ -237,7 +220,7 @@ def test_calls_the_front_or_the_service_refuses_get_a_grpc_status_naming_why(ser
     healthy(server, model_file)
 
 
-def _send_big(client: Client, stream: int, body: bytes) -> None:
+def _send(client: Client, stream: int, body: bytes) -> None:
     """Send as the window allows; the server answers (and resets the stream) once the limit is passed."""
     client.read(lambda events: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events), 2)
     sent = 0

@@ -8,7 +8,6 @@ import sys
 from importlib.metadata import requires
 
 import httpx
-import numpy as np
 import pytest
 
 from tests.serving.conftest import ROOT, lakeloop_serve, rows
@@ -55,24 +54,14 @@ def test_lakeloop_serve_works_without_the_heavy_packages(model_file, tmp_path):
 def test_grpc_on_the_default_front_needs_no_grpcio(model_file, tmp_path):
     """lakeloop's HTTP/2 front speaks gRPC with protobuf alone: the server runs, and answers tritonclient's
     gRPC calls, in a Python where importing grpcio fails (grpcio serves only `--http uvicorn`)."""
-    import tritonclient.grpc as triton
-
     from lakeloop.devstack import _proc
-    from tests.serving.conftest import answer_of
+    from tests.serving.conftest import answers_over_grpc
 
     blocked = BLOCKED_PYTHON.replace(f"BLOCKED = {HEAVY!r}", f"BLOCKED = {(*HEAVY, 'grpc')!r}")
     port = _proc.free_port()
     with lakeloop_serve(["--onnx", str(model_file), "--workers", "1", "--grpc-port", str(port), "--api-key", "k",
                          "--no-inference-logs"], tmp_path, python_prefix=[sys.executable, "-c", blocked]) as served:
-        batch = rows(3, seed=2)
-        inputs = []
-        for name, array in batch.items():
-            tensor = triton.InferInput(name, list(array.shape), "BYTES" if array.dtype == object else "FP32")
-            tensor.set_data_from_numpy(array)
-            inputs.append(tensor)
-        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
-        result = client.infer("fraud", inputs, headers={"authorization": "Bearer k"})
-        assert np.allclose(result.as_numpy("probability").ravel(), answer_of(model_file, batch).ravel(), rtol=1e-5)
+        answers_over_grpc(f"127.0.0.1:{port}", "k", rows(3, seed=2), model_file)
     assert "Traceback" not in served.output() and "blocked" not in served.output()
 
 
