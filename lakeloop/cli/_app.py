@@ -482,6 +482,9 @@ def serve(
                                                                  "it).")] = 16_384,
     header_timeout: Annotated[float, typer.Option(min=0.01, help="Seconds a client has to send a request's line "
                                                                  "and headers (408 after them).")] = 10.0,
+    busy_poll_us: Annotated[int, typer.Option(min=0, max=1_000_000, help="After answering, wait up to this many "
+                                              "microseconds for the next request with the CPU awake instead of "
+                                              "sleeping (lakeloop's front; 0: off).")] = 200,
     api_key: Annotated[list[str] | None, typer.Option(
         help="An accepted API key (repeatable). Default: LAKELOOP_API_KEYS (comma-separated), else Vault.")] = None,
     intra_op_threads: Annotated[int, typer.Option(min=0, help="ORT threads inside an operator.")] = 1,
@@ -538,7 +541,8 @@ def serve(
             cpus=_cpu_list(cpus),
             max_batch=max_batch, max_body_bytes=max_body_bytes, max_string_bytes=max_string_bytes,
             body_timeout=body_timeout, max_header_bytes=max_header_bytes, header_timeout=header_timeout,
-            batch_delay_us=max_batch_delay_us if batching else None, preferred_batch=preferred_batch,
+            busy_poll_us=busy_poll_us, batch_delay_us=max_batch_delay_us if batching else None,
+            preferred_batch=preferred_batch,
             poll_seconds=poll_seconds,
             tuning=Tuning(intra_op_threads=intra_op_threads, inter_op_threads=inter_op_threads,
                           graph_optimization=graph_optimization, cache_dir=str(cache_dir / "optimized")),

@@ -211,6 +211,7 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
     fixed = {("GET", "/v2/health/live"): (live, False), ("GET", "/v2/health/ready"): (server_ready, False),
              ("GET", "/v2"): (server_metadata, True), ("GET", "/metrics"): (render_metrics, True),
              ("POST", "/v2/repository/index"): (index, True)}
+    fixed_paths = {path for _, path in fixed}
     per_model = {("GET", ""): (model_metadata, True), ("GET", "ready"): (model_ready, False),
                  ("POST", "infer"): (infer, True)}
 
@@ -229,9 +230,8 @@ def create_app(server: ModelServer, grpc_address: str | None = None):
         found = fixed.get((method, path))
         if found is not None:
             return found[0], found[1], None, None
-        allowed = methods_of(fixed, path)
-        if allowed:
-            return not_allowed(method, path, allowed)
+        if path in fixed_paths:
+            return not_allowed(method, path, methods_of(fixed, path))
         parts = path.split("/")  # "", "v2", "models", NAME, [versions, V,] [ready|infer]
         if len(parts) < 4 or parts[1] != "v2" or parts[2] not in ("models", "repository"):
             return _error(f"no route {method} {path}", 404)

@@ -62,7 +62,9 @@ typedef struct Front {
     Conn *conns; /* every open connection (the list holds a reference) */
     Conn *resume; /* connections with buffered input to look at (each holds a reference) */
     Py_ssize_t n_busy;
+    long spin_ns; /* after answering, wait this long for the next event awake (0: sleep in the loop at once) */
 } Front;
+static int spin_epfd = -1; /* every front's epoll, for spin() */
 
 static PyTypeObject ConnType, FrontType;
 static void h2_advance(Conn *c, int alone);
@@ -1563,11 +1565,18 @@ static PyTypeObject ConnType = {
 
 static int Front_init(Front *f, PyObject *args, PyObject *kw) {
     static char *names[] = {"listen_fd", "handler", "early", "max_head", "max_body", "head_timeout",
-                            "body_timeout", "idle_timeout", "http2", NULL};
+                            "body_timeout", "idle_timeout", "http2", "busy_poll_us", NULL};
     PyObject *handler, *early;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iOOnnddd|p", names, &f->listen_fd, &handler, &early, &f->max_head,
-                                     &f->max_body, &f->head_timeout, &f->body_timeout, &f->idle_timeout, &f->http2))
+    long busy_poll_us = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iOOnnddd|pl", names, &f->listen_fd, &handler, &early, &f->max_head,
+                                     &f->max_body, &f->head_timeout, &f->body_timeout, &f->idle_timeout, &f->http2,
+                                     &busy_poll_us))
         return -1;
+    if (busy_poll_us < 0 || busy_poll_us > 1000000) {
+        PyErr_SetString(PyExc_ValueError, "busy_poll_us must be between 0 and 1000000");
+        return -1;
+    }
+    f->spin_ns = busy_poll_us * 1000;
     Py_INCREF(handler); f->handler = handler;
     Py_INCREF(early); f->early = early;
     f->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -1578,7 +1587,29 @@ static int Front_init(Front *f, PyObject *args, PyObject *kw) {
     f->listening = 1;
     struct epoll_event wev = {.events = EPOLLIN, .data.ptr = TAG_WAKE};
     if (epoll_ctl(f->epfd, EPOLL_CTL_ADD, f->wakefd, &wev) < 0) { PyErr_SetFromErrno(PyExc_OSError); return -1; }
+    if (spin_epfd < 0 && (spin_epfd = epoll_create1(EPOLL_CLOEXEC)) < 0) { PyErr_SetFromErrno(PyExc_OSError); return -1; }
+    struct epoll_event sev = {.events = EPOLLIN, .data.ptr = f};
+    if (epoll_ctl(spin_epfd, EPOLL_CTL_ADD, f->epfd, &sev) < 0) { PyErr_SetFromErrno(PyExc_OSError); return -1; }
     return 0;
+}
+
+/* Busy polling: a server that sleeps in epoll between two requests of one client pays, on a VM, for the
+ * CPU halting and waking again and for cold caches (measured: the same request took ~50 µs in a loop and
+ * ~100 µs at one connection). After a poll that answered everything it was given, this waits up to
+ * spin_ns for the next event on any front of the process (spin_epfd holds each front's epoll) with the
+ * interpreter lock released, then returns to the event loop, which finds the event ready. Nothing handed
+ * to Python is waiting (n_busy == 0), so no answer is held up by it; a timer or callback of the loop
+ * waits spin_ns at most. */
+static void spin(Front *f) {
+    struct epoll_event e;
+    double deadline = now() + f->spin_ns * 1e-9;
+    PyThreadState *ts = PyEval_SaveThread(); /* the process's other threads (the log writer) may run meanwhile */
+    while (epoll_wait(spin_epfd, &e, 1, 0) == 0 && now() < deadline) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    PyEval_RestoreThread(ts);
 }
 
 static PyObject *Front_poll(Front *f, PyObject *unused) {
@@ -1616,6 +1647,7 @@ static PyObject *Front_poll(Front *f, PyObject *unused) {
         }
     }
     f->in_poll = 0;
+    if (f->spin_ns && n > 0 && f->n_busy == 0) spin(f);
     Py_RETURN_NONE;
 }
 

@@ -62,15 +62,16 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def serve(app, sock: socket.socket, max_header_bytes: int, header_timeout: float,
-          grpc_sock: socket.socket | None = None) -> None:
+          grpc_sock: socket.socket | None = None, busy_poll_us: int = 0) -> None:
     """Run `app` (from `create_app`) on `sock`, and V2 over gRPC on `grpc_sock` if given, until SIGINT or
-    SIGTERM, then finish what is in flight."""
+    SIGTERM, then finish what is in flight. `busy_poll_us`: after answering, wait this long for the next
+    request awake instead of sleeping at once (the front's `spin`)."""
     with asyncio.Runner(loop_factory=_new_loop) as runner:
-        runner.run(_serve(app, sock, max_header_bytes, header_timeout, grpc_sock))
+        runner.run(_serve(app, sock, max_header_bytes, header_timeout, grpc_sock, busy_poll_us))
 
 
 async def _serve(app, sock: socket.socket, max_header_bytes: int, header_timeout: float,
-                 grpc_sock: socket.socket | None) -> None:
+                 grpc_sock: socket.socket | None, busy_poll_us: int) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -82,14 +83,15 @@ async def _serve(app, sock: socket.socket, max_header_bytes: int, header_timeout
         raise SystemExit(3) from None
     limits = app.limits
     fronts = [Front(sock.fileno(), app.handle, app.early, max_header_bytes, limits.max_body_bytes, header_timeout,
-                    limits.body_timeout_s, KEEP_ALIVE_S)]
+                    limits.body_timeout_s, KEEP_ALIVE_S, busy_poll_us=busy_poll_us)]
     host, port = sock.getsockname()[:2]
     log.info("serving V2 on http://%s:%d (lakeloop's HTTP front, process %d)", host, port, os.getpid())
     if grpc_sock is not None:
         from lakeloop.serving import _grpc
 
         fronts.append(Front(grpc_sock.fileno(), _grpc.front_handler(app.server), None, max_header_bytes,
-                            limits.max_body_bytes, header_timeout, limits.body_timeout_s, KEEP_ALIVE_S, http2=True))
+                            limits.max_body_bytes, header_timeout, limits.body_timeout_s, KEEP_ALIVE_S, http2=True,
+                            busy_poll_us=busy_poll_us))
         log.info("serving V2 over gRPC on %s:%d (lakeloop's HTTP/2 front)", *grpc_sock.getsockname()[:2])
     for front in fronts:
         loop.add_reader(front.fileno(), front.poll)
@@ -124,7 +126,7 @@ def _worker(settings_json: str, sock: socket.socket, max_header_bytes: int, head
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     settings = ServeSettings.model_validate(json.loads(settings_json))
-    serve(create_app(build(settings)), sock, max_header_bytes, header_timeout, grpc_sock)
+    serve(create_app(build(settings)), sock, max_header_bytes, header_timeout, grpc_sock, settings.busy_poll_us)
 
 
 def supervise(settings_json: str, sock: socket.socket, workers: int, max_header_bytes: int,

@@ -31,10 +31,11 @@ import pyarrow.parquet as pq
 
 from lakeloop.data._lakefs import lakefs_errors, upload_stream
 
-try:
-    from lakeloop.serving._tensors import codes as _codes  # a string column's codes in one C loop
-except ImportError:  # not built here: the same codes from a Python loop
-    _codes = None
+try:  # one request's columns into the log (and a string column's codes) in one C call
+    from lakeloop.serving._tensors import append as _append
+    from lakeloop.serving._tensors import codes as _codes
+except ImportError:  # not built here: the same from a Python loop
+    _append = _codes = None
 
 log = logging.getLogger("lakeloop.serving")
 
@@ -133,7 +134,8 @@ class _Columns:
     interpreter lock, and the writer only converts each distinct value once.
     """
 
-    __slots__ = ("at", "codes", "dtypes", "filled", "room", "rows", "segments", "size", "sources", "tensors")
+    __slots__ = ("at", "buffers", "codes", "dtypes", "filled", "plan", "room", "rows", "segments", "size", "sources",
+                 "tensors")
 
     def __init__(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         # (which dict of the request, its key, the column name, the index in a row of several values) in
@@ -164,6 +166,12 @@ class _Columns:
             else:
                 self.dtypes[column] = array.dtype
         self.segments: list[dict[str, np.ndarray]] = []
+        # the compiled append's plan, (side, key, index, codes) a column, and the open segment's buffers in
+        # its order; None where a column is a list (a tensor of several values a row): the Python loop
+        self.plan = None if self.tensors or _append is None else tuple(
+            (side, key, -1 if index is None else index, self.codes.get(column))
+            for side, key, column, index in self.sources)
+        self.buffers: tuple[np.ndarray, ...] = ()
         self.filled: list[int] = []
         self.room = self.size = 0
         self.at: list[float] = []
@@ -173,11 +181,24 @@ class _Columns:
         if rows > self.room:
             size = max(SEGMENT_ROWS, rows)
             self.segments.append({c: np.empty(size, dtype) for c, dtype in self.dtypes.items()})
+            if self.plan is not None:
+                self.buffers = tuple(self.segments[-1][column] for _, _, column, _ in self.sources)
             self.filled.append(0)
             self.room = size
         segment, start = self.segments[-1], self.filled[-1]
         end = start + rows
         sides = (inputs, outputs)
+        if self.plan is None or not _append(self.plan, sides, self.buffers, start, rows):
+            self._append(segment, start, rows, sides)
+        self.filled[-1] = end
+        self.room -= rows
+        self.size += rows
+        self.at.append(at)
+        self.rows.append(rows)
+
+    def _append(self, segment: dict[str, np.ndarray], start: int, rows: int, sides: tuple[dict, dict]) -> None:
+        """`append`'s copy column by column: what the compiled one declines (list columns, other dtypes)."""
+        end = start + rows
         tensors = self.tensors
         for side, key, column, index in self.sources:
             array = sides[side][key]
@@ -199,11 +220,6 @@ class _Columns:
                 buffer[start] = array.item(0)
             else:
                 buffer[start:end] = array.ravel()
-        self.filled[-1] = end
-        self.room -= rows
-        self.size += rows
-        self.at.append(at)
-        self.rows.append(rows)
 
     def table(self, model: str, version: str) -> pa.Table:
         """One row per scored row: the raw inputs, `output_<name>`, served_at, model_name, model_version."""

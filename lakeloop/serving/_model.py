@@ -18,6 +18,11 @@ from lakeloop.errors import ServingError
 from lakeloop.packing import INPUTS_KEY, pack, packing_of
 from lakeloop.serving._protocol import NUMPY_OF, Inputs, InputSpec
 
+try:  # a packed input's columns side by side in one C call (lakeloop/serving/_tensors.c)
+    from lakeloop.serving._tensors import pack as _pack
+except ImportError:  # not built here: numpy's concatenate
+    _pack = None
+
 V2_OF_ONNX = {"tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
               "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8", "tensor(int16)": "INT16",
               "tensor(int32)": "INT32", "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(float)": "FP32",
@@ -79,7 +84,27 @@ class LoadedModel:
 
     def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         names = outputs or self.outputs
-        return dict(zip(names, self.session.run(names, pack(feeds, self.packing)), strict=True))
+        return dict(zip(names, self.session.run(names, self._feeds(feeds)), strict=True))
+
+    @functools.cached_property
+    def _packed(self) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+        """The packing for the compiled `pack`: (graph input, its columns) for each packed input; None where
+        it does not apply (not built, nothing packed, or inputs the packing leaves as they are)."""
+        if _pack is None or not self.packing or len(self.inputs) != sum(map(len, self.packing.values())):
+            return None
+        return tuple((name, tuple(columns)) for name, columns in self.packing.items())
+
+    def _feeds(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph's inputs from the V2 columns (`lakeloop.packing.pack`, compiled where it can be)."""
+        if self._packed is not None:
+            feeds = {}
+            for name, names in self._packed:
+                packed = _pack(columns, names)
+                if packed is None:
+                    return pack(columns, self.packing)
+                feeds[name] = packed
+            return feeds
+        return pack(columns, self.packing)
 
     def smoke(self) -> None:
         """One inference on a neutral input (zeros, false, empty strings; every free dimension 1, fixed ones

@@ -537,6 +537,25 @@ decline:
 
 /* ---- the inference log's dictionary codes ------------------------------------------------------------ */
 
+/* out[i] = table.setdefault(v[i], len(table)) for n values: a string column's dictionary codes. */
+static int code_into(PyObject *table, PyObject *const *v, npy_intp n, int32_t *o) {
+    for (npy_intp i = 0; i < n; i++) {
+        PyObject *code = PyDict_GetItemWithError(table, v[i]);
+        if (code) {
+            o[i] = (int32_t)PyLong_AsLong(code);
+            continue;
+        }
+        if (PyErr_Occurred()) return -1;
+        Py_ssize_t next = PyDict_GET_SIZE(table);
+        if (next > INT32_MAX) { PyErr_SetString(PyExc_OverflowError, "more distinct values than int32 codes"); return -1; }
+        code = PyLong_FromSsize_t(next);
+        if (!code || PyDict_SetItem(table, v[i], code) < 0) { Py_XDECREF(code); return -1; }
+        Py_DECREF(code);
+        o[i] = (int32_t)next;
+    }
+    return 0;
+}
+
 /* codes(values, table, out, start): out[start + i] = table.setdefault(values.flat[i], len(table)), for a
  * C-contiguous object array `values` and an int32 array `out` — the inference log's string columns, a
  * dict lookup a value instead of a Python loop. False (nothing written) for arrays it does not take. */
@@ -551,23 +570,111 @@ static PyObject *codes(PyObject *self, PyObject *args) {
         PyArray_NDIM(out) != 1 || !PyArray_IS_C_CONTIGUOUS(out) || !PyArray_ISWRITEABLE(out) || start < 0 ||
         start + n > PyArray_DIM(out, 0))
         Py_RETURN_FALSE;
-    PyObject **v = PyArray_DATA(values);
-    int32_t *o = (int32_t *)PyArray_DATA(out) + start;
-    for (npy_intp i = 0; i < n; i++) {
-        PyObject *code = PyDict_GetItemWithError(table, v[i]);
-        if (code) {
-            o[i] = (int32_t)PyLong_AsLong(code);
-            continue;
-        }
+    if (code_into(table, PyArray_DATA(values), n, (int32_t *)PyArray_DATA(out) + start) < 0) return NULL;
+    Py_RETURN_TRUE;
+}
+
+/* append(plan, sides, buffers, start, rows): one request's columns into the inference log's segment, the
+ * loop of _logs._Columns.append in one call. plan holds a (side, key, index, codes) tuple per column:
+ * the column is sides[side][key] (an [N] or [N, 1] array, or with index >= 0 entry `index` of each row of
+ * an [N, C] one), copied into buffers[i][start:start + rows]; with codes (a dict) it is a string column
+ * whose dictionary codes are written instead. Everything is checked before anything is written: False
+ * (nothing written) for what it does not take as it stands — another dtype, a wrong size, a
+ * non-contiguous array — which the Python loop then takes or refuses with its message. */
+#define MAX_COLUMNS 1024
+static PyObject *append(PyObject *self, PyObject *args) {
+    PyObject *plan, *sides, *buffers;
+    Py_ssize_t start, rows;
+    if (!PyArg_ParseTuple(args, "O!O!O!nn", &PyTuple_Type, &plan, &PyTuple_Type, &sides, &PyTuple_Type, &buffers,
+                          &start, &rows))
+        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(plan);
+    if (n > MAX_COLUMNS || PyTuple_GET_SIZE(buffers) != n || start < 0 || rows < 0) Py_RETURN_FALSE;
+    PyArrayObject *source[MAX_COLUMNS];
+    for (Py_ssize_t i = 0; i < n; i++) {  /* check every column first */
+        PyObject *entry = PyTuple_GET_ITEM(plan, i);
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 4) Py_RETURN_FALSE;
+        long side = PyLong_AsLong(PyTuple_GET_ITEM(entry, 0));
+        long index = PyLong_AsLong(PyTuple_GET_ITEM(entry, 2));
         if (PyErr_Occurred()) return NULL;
-        Py_ssize_t next = PyDict_GET_SIZE(table);
-        if (next > INT32_MAX) { PyErr_SetString(PyExc_OverflowError, "more distinct values than int32 codes"); return NULL; }
-        code = PyLong_FromSsize_t(next);
-        if (!code || PyDict_SetItem(table, v[i], code) < 0) { Py_XDECREF(code); return NULL; }
-        Py_DECREF(code);
-        o[i] = (int32_t)next;
+        if (side < 0 || side >= PyTuple_GET_SIZE(sides) || !PyDict_Check(PyTuple_GET_ITEM(sides, side)))
+            Py_RETURN_FALSE;
+        PyObject *array = PyDict_GetItemWithError(PyTuple_GET_ITEM(sides, side), PyTuple_GET_ITEM(entry, 1));
+        if (!array) { if (PyErr_Occurred()) return NULL; Py_RETURN_FALSE; }
+        PyObject *out = PyTuple_GET_ITEM(buffers, i);
+        if (!PyArray_Check(array) || !PyArray_Check(out)) Py_RETURN_FALSE;
+        PyArrayObject *a = (PyArrayObject *)array, *o = (PyArrayObject *)out;
+        if (!PyArray_IS_C_CONTIGUOUS(a) || PyArray_NDIM(o) != 1 || !PyArray_IS_C_CONTIGUOUS(o) ||
+            !PyArray_ISWRITEABLE(o) || start + rows > PyArray_DIM(o, 0))
+            Py_RETURN_FALSE;
+        if (index < 0 ? PyArray_SIZE(a) != rows
+                      : PyArray_NDIM(a) != 2 || PyArray_DIM(a, 0) != rows || index >= PyArray_DIM(a, 1))
+            Py_RETURN_FALSE;
+        int strings = PyTuple_GET_ITEM(entry, 3) != Py_None;
+        if (strings ? !PyDict_Check(PyTuple_GET_ITEM(entry, 3)) || PyArray_TYPE(a) != NPY_OBJECT ||
+                          PyArray_TYPE(o) != NPY_INT32 || index >= 0
+                    : PyArray_TYPE(a) == NPY_OBJECT || !PyArray_EquivTypes(PyArray_DESCR(a), PyArray_DESCR(o)))
+            Py_RETURN_FALSE;
+        source[i] = a;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *entry = PyTuple_GET_ITEM(plan, i), *table = PyTuple_GET_ITEM(entry, 3);
+        PyArrayObject *a = source[i], *o = (PyArrayObject *)PyTuple_GET_ITEM(buffers, i);
+        long index = PyLong_AsLong(PyTuple_GET_ITEM(entry, 2));
+        npy_intp size = PyArray_ITEMSIZE(o);
+        char *to = (char *)PyArray_DATA(o) + start * size;
+        if (table != Py_None) {
+            if (code_into(table, PyArray_DATA(a), rows, (int32_t *)to) < 0) return NULL;
+        } else if (index < 0) {
+            memcpy(to, PyArray_DATA(a), (size_t)(rows * size));
+        } else {
+            npy_intp width = PyArray_DIM(a, 1) * size;
+            const char *from = (const char *)PyArray_DATA(a) + index * size;
+            for (Py_ssize_t r = 0; r < rows; r++) memcpy(to + r * size, from + r * width, (size_t)size);
+        }
     }
     Py_RETURN_TRUE;
+}
+
+/* pack(columns, names): the arrays columns[name] for each of names, [N, k] each (C-contiguous, one
+ * dtype), side by side as one [N, sum k] array — np.concatenate(axis=1) for a lakeloop model's packed
+ * graph input, without its generic machinery. None for anything else (np.concatenate then decides). */
+static PyObject *pack(PyObject *self, PyObject *args) {
+    PyObject *columns, *names;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &columns, &PyTuple_Type, &names)) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    if (n == 0 || n > MAX_COLUMNS) Py_RETURN_NONE;
+    PyArrayObject *part[MAX_COLUMNS];
+    npy_intp rows = -1, width = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *array = PyDict_GetItemWithError(columns, PyTuple_GET_ITEM(names, i));
+        if (!array) { if (PyErr_Occurred()) return NULL; Py_RETURN_NONE; }
+        if (!PyArray_Check(array)) Py_RETURN_NONE;
+        PyArrayObject *a = (PyArrayObject *)array;
+        if (PyArray_NDIM(a) != 2 || !PyArray_IS_C_CONTIGUOUS(a) || (rows >= 0 && PyArray_DIM(a, 0) != rows) ||
+            (i && !PyArray_EquivTypes(PyArray_DESCR(a), PyArray_DESCR(part[0]))))
+            Py_RETURN_NONE;
+        rows = PyArray_DIM(a, 0);
+        width += PyArray_DIM(a, 1);
+        part[i] = a;
+    }
+    PyArray_Descr *descr = PyArray_DESCR(part[0]);
+    Py_INCREF(descr);
+    npy_intp dims[2] = {rows, width};
+    PyArrayObject *out = (PyArrayObject *)PyArray_NewFromDescr(&PyArray_Type, descr, 2, dims, NULL, NULL, 0, NULL);
+    if (!out) return NULL;
+    npy_intp size = PyArray_ITEMSIZE(out);
+    int objects = PyArray_TYPE(out) == NPY_OBJECT;
+    char *to = PyArray_DATA(out);
+    for (npy_intp r = 0; r < rows; r++)
+        for (Py_ssize_t i = 0; i < n; i++) {
+            npy_intp bytes = PyArray_DIM(part[i], 1) * size;
+            memcpy(to, (const char *)PyArray_DATA(part[i]) + r * bytes, (size_t)bytes);
+            if (objects)
+                for (PyObject **v = (PyObject **)to; (char *)v < to + bytes; v++) Py_XINCREF(*v);
+            to += bytes;
+        }
+    return (PyObject *)out;
 }
 
 static PyMethodDef methods[] = {
@@ -577,6 +684,10 @@ static PyMethodDef methods[] = {
      "inputs from raw_input_contents as arrays (views of message), or None (see the module's source)."},
     {"codes", codes, METH_VARARGS, "codes(values, table, out, start): the inference log's dictionary codes "
      "(see the module's source)."},
+    {"append", append, METH_VARARGS, "append(plan, sides, buffers, start, rows): one request's columns into the "
+     "inference log's segment (see the module's source)."},
+    {"pack", pack, METH_VARARGS, "pack(columns, names): [N, k] arrays side by side as one [N, sum k] array, or "
+     "None (see the module's source)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_tensors", "V2 inputs as numpy arrays, compiled.", -1,

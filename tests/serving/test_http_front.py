@@ -6,8 +6,12 @@ before it is read. The limits (431, 408, 413, 400) are tested on both layers in 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -169,3 +173,39 @@ def test_percent_encoded_paths_are_decoded(server):
     answer = httpx.get(f"{server.url}/v2/models/%66raud/ready")
     assert answer.status_code == 200 and answer.json() == {"ready": True}
     assert httpx.get(f"{server.url}/v2/models/fraud%2/ready").status_code == 404
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process `pid` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_busy_polling_stops_when_the_requests_do(server):
+    """After answering, the front waits --busy-poll-us (200 µs by default) for the next request with the
+    CPU awake, then sleeps: a server whose client has stopped uses next to no CPU (a wait that never
+    ended would use a whole CPU, 2 s of the 2 s below)."""
+    assert "busy polling 200 µs" in server.output()
+    body, _ = body_of(1, seed=9)
+    with connect(server) as sock:
+        for _ in range(200):  # one at a time: the front polls after each answer
+            sock.sendall(infer_request(body))
+            (status, _, answer), = read_answers(sock, 1)
+            assert status == 200 and probabilities(answer).shape == (1,)
+        before = cpu_seconds(server.process.pid)
+        time.sleep(2)
+        used = cpu_seconds(server.process.pid) - before
+    assert used < 0.3, f"the idle server used {used:.2f} s of CPU in 2 s"
+
+
+def test_busy_polling_can_be_turned_off_and_is_bounded(model_file, tmp_path):
+    with lakeloop_serve(["--onnx", str(model_file), "--workers", "1", "--api-key", KEY, "--no-inference-logs",
+                         "--busy-poll-us", "0"], tmp_path) as served:
+        assert "no busy polling" in served.output()
+        body, _ = body_of(1, seed=2)
+        with connect(served) as sock:
+            sock.sendall(infer_request(body).replace(b"/fraud/", f"/{model_file.stem}/".encode()))
+            assert read_answers(sock, 1)[0][0] == 200
+    refused = subprocess.run([sys.executable, "-m", "lakeloop.cli", "serve", "--onnx", str(model_file),
+                              "--busy-poll-us", "-5"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--busy-poll-us" in refused.stderr

@@ -335,3 +335,87 @@ def test_the_inference_logs_compiled_codes_match_setdefault():
     assert _tensors.codes(values, table, out, 190) is False  # past the end of `out`
     assert _tensors.codes(values, table, out.astype(np.int64), 0) is False
     assert out.tolist() == expected.tolist()
+
+
+def log_request(rng: np.random.Generator, rows: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A request's inputs and outputs of every kind the log keeps as plain columns: [N] and [N, 1] numbers
+    of several dtypes, strings, and an [N, 3] output that becomes three columns."""
+    inputs = {"amount": rng.normal(size=(rows, 1)).astype(np.float32), "count": rng.integers(-9, 9, rows),
+              "flag": rng.integers(0, 2, (rows, 1)).astype(bool), "half": rng.normal(size=rows).astype(np.float16),
+              "pixel": rng.integers(0, 256, (rows, 1)).astype(np.uint8),
+              "country": np.array(rng.choice(["DE", "FR", "", "çé€"], size=(rows, 1)), dtype=object)}
+    outputs = {"probabilities": rng.random((rows, 3)), "label": rng.integers(0, 3, (rows, 1))}
+    return inputs, outputs
+
+
+def test_the_inference_logs_compiled_append_matches_the_python_loop():
+    """`_tensors.append` (a request's columns into the log's segment in one call) against the Python loop it
+    replaces: the same segments, codes and sizes, across segment boundaries."""
+    from lakeloop.serving import _logs
+    rng = np.random.default_rng(5)
+    first = log_request(rng, 1)
+    compiled, python = _logs._Columns(*first), _logs._Columns(*first)
+    python.plan = None  # the Python loop
+    assert compiled.plan is not None
+    sizes = [1, 64, 1, 3, 7_000, 9_400, 1, 64, 1]  # crosses SEGMENT_ROWS (16,384) twice
+    for at, rows in enumerate(sizes):
+        inputs, outputs = log_request(rng, rows)
+        compiled.append(float(at), rows, inputs, outputs)
+        python.append(float(at), rows, inputs, outputs)
+    assert len(compiled.segments) == len(python.segments) > 1
+    assert compiled.filled == python.filled and compiled.size == python.size == sum(sizes)
+    assert compiled.codes == python.codes
+    for ours, theirs, filled in zip(compiled.segments, python.segments, python.filled, strict=True):
+        for column in theirs:
+            np.testing.assert_array_equal(ours[column][:filled], theirs[column][:filled], err_msg=column)
+    assert compiled.table("m", "1").equals(python.table("m", "1"))
+
+
+def test_the_compiled_append_declines_what_it_does_not_take_and_writes_nothing():
+    from lakeloop.serving import _logs
+    rng = np.random.default_rng(6)
+    inputs, outputs = log_request(rng, 4)
+    columns = _logs._Columns(inputs, outputs)
+    columns.append(0.0, 4, inputs, outputs)
+    before = {c: b.copy() for c, b in columns.segments[0].items()}
+    sides = (inputs, outputs)
+    wrong = [({**inputs, "amount": inputs["amount"][:3]}, outputs),  # a size that is not the rows
+             ({**inputs, "amount": inputs["amount"].astype(np.float64)}, outputs),  # another dtype
+             ({**inputs, "count": np.arange(8)[::2]}, outputs),  # not contiguous
+             ({k: v for k, v in inputs.items() if k != "pixel"}, outputs),  # a column missing
+             ({**inputs, "country": np.array([[1], [2], [3], [4]])}, outputs)]  # numbers for strings
+    for case in wrong:
+        assert _tensors.append(columns.plan, case, columns.buffers, 4, 4) is False
+    assert _tensors.append(columns.plan, sides, columns.buffers, len(columns.buffers[0]) - 3, 4) is False
+    for column, buffer in columns.segments[0].items():
+        np.testing.assert_array_equal(buffer[:8], before[column][:8], err_msg=column)
+    with pytest.raises(ValueError, match="'amount' has 3 values for 4 rows"):  # the Python loop names it
+        columns.append(1.0, 4, *wrong[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.bool_, np.uint8, object])
+@pytest.mark.parametrize("rows", [1, 5, 64])
+def test_the_compiled_pack_matches_concatenate(dtype, rows):
+    rng = np.random.default_rng(rows)
+    widths = [1, 1, 3, 1]
+    columns = {f"c{i}": (rng.normal(size=(rows, w)) * 10).astype(dtype) if dtype is not object else
+               np.array([[f"v{rng.integers(99)}é" for _ in range(w)] for _ in range(rows)], dtype=object)
+               for i, w in enumerate(widths)}
+    names = tuple(columns)
+    packed = _tensors.pack(columns, names)
+    expected = np.concatenate([columns[n] for n in names], axis=1)
+    assert packed.dtype == expected.dtype and packed.shape == expected.shape == (rows, sum(widths))
+    np.testing.assert_array_equal(packed, expected)
+    if dtype is object:  # the packed array holds its own references: the columns can go
+        del columns
+        assert packed.tolist() == expected.tolist()
+
+
+def test_the_compiled_pack_declines_what_concatenate_would_decide():
+    a, b = np.zeros((4, 1), np.float32), np.ones((4, 1), np.float32)
+    assert _tensors.pack({"a": a, "b": b.astype(np.float64)}, ("a", "b")) is None  # dtypes differ
+    assert _tensors.pack({"a": a, "b": np.ones((3, 1), np.float32)}, ("a", "b")) is None  # rows differ
+    assert _tensors.pack({"a": a, "b": np.ones((4, 2), np.float32)[:, :1]}, ("a", "b")) is None  # a view
+    assert _tensors.pack({"a": a, "b": b.ravel()}, ("a", "b")) is None  # not [N, k]
+    assert _tensors.pack({"a": a}, ("a", "b")) is None  # missing
+    assert _tensors.pack({"a": a, "b": [[1.0]] * 4}, ("a", "b")) is None  # not an array
