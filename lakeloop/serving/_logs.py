@@ -36,6 +36,10 @@ try:  # one request's columns into the log (and a string column's codes) in one 
     from lakeloop.serving._tensors import codes as _codes
 except ImportError:  # not built here: the same from a Python loop
     _append = _codes = None
+try:  # the compiled front's busy polling stands aside while the writer works (see _front.c, spin)
+    from lakeloop.serving._front import stand_aside as _stand_aside
+except ImportError:
+    _stand_aside = None
 
 log = logging.getLogger("lakeloop.serving")
 
@@ -381,6 +385,8 @@ class InferenceLogger:
         next_write = time.monotonic() + self.interval
         while not self._stop.is_set():
             self._flush_now.wait(self.convert_every)
+            if _stand_aside is not None:
+                _stand_aside(True)
             try:  # the writer must outlive any one bad batch, or logging would stop for good
                 with self._write:
                     self._convert()
@@ -392,6 +398,9 @@ class InferenceLogger:
                     next_write = time.monotonic() + self.interval
             except Exception:
                 log.exception("inference logs: the writer failed on a batch and goes on")
+            finally:
+                if _stand_aside is not None:
+                    _stand_aside(False)
 
     def close(self) -> None:
         """Stop the thread and write what is left."""

@@ -23,8 +23,8 @@ from lakeloop.serving._server import ModelServer
 from lakeloop.serving._sources import FileSource, ModelSource, RegistrySource
 
 # After answering, the front waits this long for the next request with the CPU awake (docs/serving.md,
-# "Busy polling"): measured at one connection on a 2-CPU VM, single rows 4,663 -> 6,898 req/s (p50 202 ->
-# 135 µs); at eight connections the CPU is never idle and it does nothing.
+# "Busy polling"): measured at one connection on a 2-CPU VM in interleaved runs, single rows 4,624 -> 6,165
+# req/s (median of 3) at the same p99; at eight connections the CPU is never idle and it changes nothing.
 BUSY_POLL_US = 200
 
 log = logging.getLogger("lakeloop.serving")
