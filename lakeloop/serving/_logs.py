@@ -14,6 +14,7 @@ never blocks or fails a request.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -102,7 +103,7 @@ class DirectorySink:
         return str(path)
 
 
-WRITER_NICE = 10  # the inference-log writer's niceness; see background_priority
+WRITER_NICE = 10  # the inference-log writer's niceness when it must catch up; see background_priority
 
 
 def background_priority(nice: int = 19) -> None:
@@ -111,15 +112,62 @@ def background_priority(nice: int = 19) -> None:
     A server pinned to few CPUs shares them with its background threads; at normal priority the
     kernel lets such a thread run out its time slice while a request waits (measured: a p99 six
     times higher with inference logging on). At a positive niceness a waking request thread preempts
-    it at once. The model watcher runs at 19 (the least share of a saturated CPU: it polls).
-    The inference-log writer runs at `WRITER_NICE` = 10, about a tenth of a saturated CPU: its work
-    grows with the traffic, and at 19 (~1.5%) it fell behind under full load with 64-row requests and
-    dropped 20 to 40% of the rows; at 10 it kept up (0 dropped).
+    it sooner. The model watcher runs at 19 (the least share of a saturated CPU: it polls). The
+    inference-log writer runs at `WRITER_NICE` = 10 when it must catch up (see `idle_policy`): its
+    work grows with the traffic, and at 19 (~1.5% of a saturated CPU) it fell behind under full load
+    with 64-row requests and dropped 20 to 40% of the rows; at 10 it kept up (0 dropped).
     """
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
+def idle_policy(thread_id: int, idle: bool) -> bool:
+    """Put a thread under SCHED_IDLE (it runs only on a CPU that nothing else of normal priority wants,
+    and a waking request thread preempts it at once) or back to the normal policy at its niceness.
+    False where that is not possible (not Linux, or not permitted): the thread keeps its policy.
+
+    Why not a niceness alone: the kernel lets a running thread of any niceness finish its slice before a
+    woken one runs (EEVDF's run-to-parity), so a request arriving while the log writer encoded parquet
+    waited up to a few milliseconds (64-row requests at one connection: p99 1.5-1.9 ms with the writer
+    at nice 10, 0.5-1.2 ms under SCHED_IDLE, 0.3-0.5 ms with logging off).
+    """
+    if idle and not _idle_is_reversible():
+        return False
+    policy = getattr(os, "SCHED_IDLE" if idle else "SCHED_OTHER", None)
+    if policy is None:
+        return False
+    try:
+        os.sched_setscheduler(thread_id, policy, os.sched_param(0))
+    except OSError:
+        return False
+    return True
+
+
+@functools.cache
+def _idle_is_reversible() -> bool:
+    """Whether a thread of this process may leave SCHED_IDLE again. Linux lets it only with CAP_SYS_NICE or
+    an RLIMIT_NICE that allows its niceness (an unprivileged container usually has neither); a writer that
+    could not be given a normal share again would starve on a busy CPU, so there it keeps nice
+    `WRITER_NICE`. Tried on a thread of its own, which then ends whatever the answer."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    answer = []
+
+    def probe() -> None:
+        me = threading.get_native_id()
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, me, WRITER_NICE)
+            os.sched_setscheduler(me, os.SCHED_IDLE, os.sched_param(0))
+            os.sched_setscheduler(me, os.SCHED_OTHER, os.sched_param(0))
+            answer.append(True)
+
+    thread = threading.Thread(target=probe, name="sched-idle-probe", daemon=True)
+    thread.start()
+    thread.join()
+    return bool(answer)
+
+
+STARVED_S = 1.0  # an idle-policy writer that has not finished a round in this long is given a normal share
 STRING_SLICE = 256  # strings converted per step, holding the interpreter lock (~20 µs; see InferenceLogger)
 SEGMENT_ROWS = 16_384  # rows per preallocated numeric segment
 
@@ -297,6 +345,13 @@ class InferenceLogger:
     483 MB (150 MB with logging off). A second writer thread that took over at nice 10 only when
     the nice-19 one fell behind was tried and dropped: it waited on the starved thread's lock and
     still shed 12% of the rows.
+
+    The writer runs under SCHED_IDLE (`idle_policy`): on a CPU with room it does its work between
+    requests and never delays one. On a saturated CPU it would never run, so it is given a normal share
+    at nice `WRITER_NICE` (`hurry`) when it has not finished a round for `STARVED_S` or the rows
+    waiting pass a quarter of `max_pending` — checked by the request path and by the model watcher
+    (`hurry_if_starved`), since a starved thread cannot check for itself — and goes back to the idle
+    policy once it has caught up.
     """
 
     def __init__(self, sink: LakeFSSink | DirectorySink, interval: float = 10.0, max_rows: int = 500_000,
@@ -316,6 +371,9 @@ class InferenceLogger:
         self._stop = threading.Event()
         self._flush_now = threading.Event()
         self._retry_at = 0.0  # after a failed write, no new try before then (no retry storm while lakeFS is down)
+        self._writer_id = 0  # the writer thread's native id, once it runs
+        self.idle = False  # whether the writer is under SCHED_IDLE now (see hurry)
+        self._due_by = float("inf")  # when the writer, idle, counts as starved (time.time())
         self._thread = threading.Thread(target=self._loop, name="inference-log-writer", daemon=True)
 
     def start(self) -> None:
@@ -336,8 +394,22 @@ class InferenceLogger:
             columns = self._open.get((model, version))
             if columns is None:
                 columns = self._open[(model, version)] = _Columns(inputs, outputs)
-            columns.append(time.time(), rows, inputs, outputs)
+            at = time.time()
+            columns.append(at, rows, inputs, outputs)
             self._open_rows += rows
+            if self.idle and (at > self._due_by or self._open_rows > self.max_pending // 4):
+                self.hurry()
+
+    def hurry(self) -> None:
+        """Give the writer a normal share of the CPU (at nice `WRITER_NICE`) until it has caught up."""
+        self.idle = False
+        idle_policy(self._writer_id, False)
+
+    def hurry_if_starved(self) -> None:
+        """For another thread of normal policy (the model watcher): `hurry` a writer that has not finished a
+        round for `STARVED_S`, which happens only while no request comes (requests check it themselves)."""
+        if self.idle and time.time() > self._due_by:
+            self.hurry()
 
     def _convert(self) -> None:
         with self._swap:
@@ -382,6 +454,8 @@ class InferenceLogger:
 
     def _loop(self) -> None:
         background_priority(WRITER_NICE)
+        self._writer_id = threading.get_native_id()
+        self._rest()
         next_write = time.monotonic() + self.interval
         while not self._stop.is_set():
             self._flush_now.wait(self.convert_every)
@@ -401,6 +475,16 @@ class InferenceLogger:
             finally:
                 if _stand_aside is not None:
                     _stand_aside(False)
+                self._rest()
+
+    def _rest(self) -> None:
+        """After a round: not starved until `STARVED_S` from now, and back under the idle policy once little
+        waits (a tenth of a write's worth: a writer that was hurried catches up through its next write
+        first; going idle sooner, it starved again with half a million rows waiting and shed rows)."""
+        with self._swap:
+            self._due_by = time.time() + STARVED_S
+            if not self.idle and self._open_rows + self._converted_rows < self.max_rows // 10:
+                self.idle = idle_policy(self._writer_id, True)
 
     def close(self) -> None:
         """Stop the thread and write what is left."""

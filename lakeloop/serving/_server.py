@@ -174,6 +174,8 @@ class ModelServer:
         background_priority()  # polls Vault and lakeFS: never ahead of a request for the CPU
         said: dict[str, str] = {}
         while not self._stop.wait(self.poll_seconds):
+            if self.inference_log is not None:  # a starved writer is not stuck while no request comes
+                self.inference_log.hurry_if_starved()
             try:
                 self.refresh_keys()
                 self._poll(log.warning, said)

@@ -4,14 +4,22 @@ segment boundaries and conversions."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pytest
 
 from lakeloop.serving import DirectorySink, InferenceLogger
-from lakeloop.serving._logs import SEGMENT_ROWS
+from lakeloop.serving._logs import SEGMENT_ROWS, _idle_is_reversible
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_recorded_rows_come_back_exactly(tmp_path):
@@ -100,3 +108,60 @@ def test_rows_beyond_max_rows_are_written_without_waiting_for_the_interval(tmp_p
     finally:
         logger.close()
     assert logged(tmp_path) == [float(i) for i in range(250)]  # close() writes what is left
+
+
+WRITER_ON_A_BUSY_CPU = r"""
+import json, os, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+from lakeloop.serving import DirectorySink, InferenceLogger
+
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one CPU for this process and the hog below
+root = Path(sys.argv[1])
+logger = InferenceLogger(DirectorySink(root), interval=0.2)
+logger.start()
+policy = lambda: os.sched_getscheduler(logger._thread.native_id)
+inputs = {"x": np.arange(64, dtype=np.float32).reshape(64, 1), "s": np.array([["a"]] * 64, object)}
+outputs = {"y": np.zeros(64, np.float32)}
+logger.record("m", "1", 64, inputs, outputs)
+time.sleep(0.5)
+seen = {"calm": policy()}
+hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # normal priority, same CPU, never sleeps
+try:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and policy() != os.SCHED_OTHER:
+        logger.record("m", "1", 64, inputs, outputs)
+        time.sleep(0.0005)
+    seen["busy"] = policy()
+    written_by = time.monotonic() + 20
+    while time.monotonic() < written_by and not logger.written_rows:
+        time.sleep(0.05)
+    seen["written"] = logger.written_rows
+finally:
+    hog.kill()
+    hog.wait()
+back_by = time.monotonic() + 20
+while time.monotonic() < back_by and policy() != os.SCHED_IDLE:
+    time.sleep(0.05)
+seen["after"] = policy()
+logger.close()
+seen["dropped"] = logger.dropped_rows
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(not _idle_is_reversible(), reason="needs SCHED_IDLE and leave to undo it (Linux, CAP_SYS_NICE or "
+                    "RLIMIT_NICE); without them the writer keeps nice 10")
+def test_the_writer_yields_a_free_cpu_and_is_given_a_share_of_a_busy_one(tmp_path):
+    """Calm, the writer runs under SCHED_IDLE (never ahead of a request); on a CPU that a process of normal
+    priority keeps busy it would never run, so the request path gives it a normal share, it writes, and it
+    goes back to the idle policy once it has caught up."""
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER_ON_A_BUSY_CPU)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "logs")], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen["calm"] == os.SCHED_IDLE, seen
+    assert seen["busy"] == os.SCHED_OTHER and seen["written"] > 0, seen
+    assert seen["after"] == os.SCHED_IDLE and seen["dropped"] == 0, seen
