@@ -29,6 +29,11 @@ from lakeloop.serving import _protocol as v2
 from lakeloop.serving._model import LoadedModel
 from lakeloop.serving._server import ModelServer
 
+try:  # a ModelInferResponse encoded in one C call
+    from lakeloop.serving._tensors import grpc_response as _encode
+except ImportError:  # not built here: protobuf encodes it
+    _encode = None
+
 log = logging.getLogger("lakeloop.serving")
 SERVICE = "inference.GRPCInferenceService"
 # datatype -> the typed field of InferTensorContents that carries it (FP16 travels raw only)
@@ -138,22 +143,38 @@ def _from_contents(name: str, spec: v2.InputSpec, tensor, count: int, limits: v2
 
 
 def response(name: str, version: str, request: v2.InferRequest, outputs: dict[str, np.ndarray],
-             labels: dict[str, list[str]]) -> pb.ModelInferResponse:
-    answer = pb.ModelInferResponse(model_name=name, model_version=version, id=request.id or "")
+             labels: dict[str, list[str]]) -> bytes:
+    """The serialized ModelInferResponse: every output (or those asked for) in raw_output_contents. Encoded in
+    one C call where it can be (`_tensors.grpc_response`, the same bytes as protobuf's: 5 -> <1 µs), by
+    protobuf for the rest (BYTES outputs, a byte order other than the wire's, not built here)."""
+    tensors = []
     for want in request.outputs or [v2.OutputRequest(n, True) for n in outputs]:
         array = outputs[want.name]
         if want.classification:
             array = v2.classify(array, want.classification, labels.get(want.name))
-        answer.outputs.add(name=want.name, datatype=v2.DATATYPE_OF[array.dtype], shape=array.shape)
+        tensors.append((want.name, v2.DATATYPE_OF[array.dtype], array))
+    if _encode is not None and v2.NATIVE_IS_WIRE:
+        encoded = _encode(name, version, request.id or "", tuple(tensors))
+        if encoded is not None:
+            return encoded
+    answer = pb.ModelInferResponse(model_name=name, model_version=version, id=request.id or "")
+    for output, datatype, array in tensors:
+        answer.outputs.add(name=output, datatype=datatype, shape=array.shape)
         answer.raw_output_contents.append(v2.to_binary(array))
-    return answer
+    return answer.SerializeToString()
+
+
+def serialized(result) -> bytes:
+    """An RPC's answer on the wire: ModelInfer's comes encoded already, the others are messages."""
+    return result if type(result) is bytes else result.SerializeToString()
 
 
 def calls(server: ModelServer) -> dict[str, tuple[type, Callable]]:
     """The service's RPCs by method name, whatever carries them (grpc.aio or lakeloop's HTTP/2 front): each
     is (request type, function(request, message, authorization, alone, reply)) — the decoded request and its
-    bytes (the compiled parser reads ModelInfer's tensors from them) —, returning the response message or
-    raising `_Refused`. `alone` and `reply` are ModelInfer's, as over HTTP: alone, a call skips the batcher's
+    bytes (the compiled parser reads ModelInfer's tensors from them) —, returning the response message
+    (ModelInfer's serialized already, see `response`; `serialized` puts either on the wire) or raising
+    `_Refused`. `alone` and `reply` are ModelInfer's, as over HTTP: alone, a call skips the batcher's
     queue; with `reply`, a batched call is answered through it (a response or a `_Refused`) and None is
     returned, without it an awaitable is."""
 
@@ -281,7 +302,7 @@ def handlers(server: ModelServer):
                                   dict(context.invocation_metadata() or ()).get("authorization"))
                 if inspect.isawaitable(result):
                     result = await result
-                return result.SerializeToString()
+                return serialized(result)
             except _Refused as exc:
                 await context.abort(grpc.StatusCode[exc.code.name], str(exc))
         return grpc.unary_unary_rpc_method_handler(call)  # bytes in and out: `decode` names a bad message
@@ -301,7 +322,7 @@ def front_handler(server: ModelServer) -> Callable:
             if isinstance(result, _Refused):
                 conn.respond_grpc(stream_id, int(result.code), None, str(result))
             else:
-                conn.respond_grpc(stream_id, 0, result.SerializeToString(), "")
+                conn.respond_grpc(stream_id, 0, serialized(result), "")
 
         found = table.get(path[len(prefix):]) if path.startswith(prefix) else None
         if found is None:

@@ -117,6 +117,7 @@ class ModelServer:
         self._required = tuple(models)
         self._api_keys_source = api_keys
         self.api_keys: frozenset[str] = frozenset()
+        self._encoded_keys: tuple[frozenset[str], tuple[bytes, ...]] = (frozenset(), ())
         self._adding = threading.Lock()
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
@@ -278,4 +279,12 @@ class ModelServer:
         if not header or not header.startswith("Bearer "):
             return False
         presented = header[7:].strip().encode()
-        return any(hmac.compare_digest(presented, key.encode()) for key in self.api_keys)
+        keys, encoded = self._encoded_keys
+        if keys is not self.api_keys:  # rotated (or the first request): encode them once, not per request
+            keys = self.api_keys
+            encoded = tuple(key.encode() for key in keys)
+            self._encoded_keys = (keys, encoded)
+        found = False
+        for key in encoded:  # every key compared, in constant time: how many match reveals nothing either
+            found |= hmac.compare_digest(presented, key)
+        return found

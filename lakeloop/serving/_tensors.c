@@ -535,6 +535,96 @@ decline:
     Py_RETURN_NONE;
 }
 
+/* ---- gRPC: a serialized inference.ModelInferResponse --------------------------------------------------- */
+
+static size_t varint_size(uint64_t v) { size_t n = 1; while (v >= 0x80) { v >>= 7; n++; } return n; }
+
+static uint8_t *put_varint(uint8_t *o, uint64_t v) {
+    while (v >= 0x80) { *o++ = (uint8_t)(v | 0x80); v >>= 7; }
+    *o++ = (uint8_t)v;
+    return o;
+}
+
+static uint8_t *put_field(uint8_t *o, int field, const char *data, size_t n) {
+    *o++ = (uint8_t)(field << 3 | 2);
+    o = put_varint(o, n);
+    memcpy(o, data, n);
+    return o + n;
+}
+
+static size_t field_size(size_t n) { return 1 + varint_size(n) + n; }
+
+typedef struct {
+    const char *name, *datatype;
+    Py_ssize_t name_len, datatype_len;
+    PyArrayObject *array;
+    size_t shape_len, tensor_len;
+} Out;
+
+static Out OUT[MAX_INPUTS]; /* under the interpreter lock */
+
+/* grpc_response(model_name, model_version, id, outputs): the serialized ModelInferResponse — model_name (1),
+ * model_version (2), id (3), then per output (name, datatype, array) an InferOutputTensor (5: name,
+ * datatype, shape) and its bytes in raw_output_contents (6), in that order — as protobuf would write it;
+ * None for what it does not take (a BYTES or non-contiguous array, too many outputs), which
+ * lakeloop.serving._grpc encodes with protobuf. The host's byte order must be the wire's (the caller's
+ * check). */
+static PyObject *grpc_response(PyObject *self, PyObject *args) {
+    PyObject *strings[3], *outputs;
+    if (!PyArg_ParseTuple(args, "UUUO!", &strings[0], &strings[1], &strings[2], &PyTuple_Type, &outputs))
+        return NULL;
+    const char *text[3];
+    Py_ssize_t text_len[3];
+    size_t total = 0;
+    for (int i = 0; i < 3; i++) {
+        if (!(text[i] = PyUnicode_AsUTF8AndSize(strings[i], &text_len[i]))) return NULL;
+        if (text_len[i]) total += field_size((size_t)text_len[i]);
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(outputs);
+    if (n > MAX_INPUTS) Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(outputs, i), *array;
+        Out *out = &OUT[i];
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 3) Py_RETURN_NONE;
+        array = PyTuple_GET_ITEM(item, 2);
+        if (!PyArray_CheckExact(array)) Py_RETURN_NONE;
+        out->array = (PyArrayObject *)array;
+        if (PyArray_TYPE(out->array) == NPY_OBJECT || !PyArray_IS_C_CONTIGUOUS(out->array)
+            || !PyArray_ISNOTSWAPPED(out->array))
+            Py_RETURN_NONE;
+        if (!(out->name = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(item, 0), &out->name_len))
+            || !(out->datatype = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(item, 1), &out->datatype_len)))
+            return NULL;
+        size_t shape_len = 0;
+        for (int d = 0; d < PyArray_NDIM(out->array); d++) shape_len += varint_size((uint64_t)PyArray_DIM(out->array, d));
+        out->shape_len = shape_len;
+        out->tensor_len = (out->name_len ? field_size((size_t)out->name_len) : 0)
+                          + (out->datatype_len ? field_size((size_t)out->datatype_len) : 0)
+                          + (shape_len ? field_size(shape_len) : 0);
+        total += field_size(out->tensor_len) + field_size((size_t)PyArray_NBYTES(out->array));
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!result) return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(result);
+    for (int i = 0; i < 3; i++)
+        if (text_len[i]) o = put_field(o, i + 1, text[i], (size_t)text_len[i]);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Out *out = &OUT[i];
+        *o++ = 5 << 3 | 2;
+        o = put_varint(o, out->tensor_len);
+        if (out->name_len) o = put_field(o, 1, out->name, (size_t)out->name_len);
+        if (out->datatype_len) o = put_field(o, 2, out->datatype, (size_t)out->datatype_len);
+        if (out->shape_len) {
+            *o++ = 3 << 3 | 2;
+            o = put_varint(o, out->shape_len);
+            for (int d = 0; d < PyArray_NDIM(out->array); d++) o = put_varint(o, (uint64_t)PyArray_DIM(out->array, d));
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        o = put_field(o, 6, PyArray_BYTES(OUT[i].array), (size_t)PyArray_NBYTES(OUT[i].array));
+    return result;
+}
+
 /* ---- the inference log's dictionary codes ------------------------------------------------------------ */
 
 /* out[i] = table.setdefault(v[i], len(table)) for n values: a string column's dictionary codes. */
@@ -682,6 +772,9 @@ static PyMethodDef methods[] = {
     {"grpc_inputs", grpc_inputs, METH_VARARGS,
      "grpc_inputs(message, table, names, max_string_bytes, max_batch): a serialized ModelInferRequest's "
      "inputs from raw_input_contents as arrays (views of message), or None (see the module's source)."},
+    {"grpc_response", grpc_response, METH_VARARGS,
+     "grpc_response(model_name, model_version, id, outputs): a serialized ModelInferResponse, or None (see the "
+     "module's source)."},
     {"codes", codes, METH_VARARGS, "codes(values, table, out, start): the inference log's dictionary codes "
      "(see the module's source)."},
     {"append", append, METH_VARARGS, "append(plan, sides, buffers, start, rows): one request's columns into the "
