@@ -413,8 +413,10 @@ def throughput(args, work: Path, stack: Stack, registry: Registry, model_dir: Pa
                     size = body.path.stat().st_size - (5 if kind == "grpc" else 0)
                     answers[kind][str(size)] = str(answer) if kind == "grpc" else {"path": str(answer),
                                                                                    "headers": headers}
-                load(running, body, 8, min(2, args.duration), auth, scripts)  # warm up
                 for connections in args.connections:
+                    # warm up at the run's own concurrency: a server's state after one load (the inference-log
+                    # writer's CPU share, caches) is not carried into a run of another
+                    load(running, body, connections, min(2, args.duration), auth, scripts)
                     result = load(running, body, connections, args.duration, auth, scripts)
                     runs.append({"server": spec.name, "model": body.model, "batch": body.rows,
                                  "encoding": body.encoding, "connections": connections, **result})
