@@ -9,7 +9,8 @@
 Both hooks need `Authorization: Bearer <token>` (the token lives in Vault at lakeloop/webhook),
 compared in constant time. Every delivery has an idempotency key (lakeFS: repository, commit and
 event type; CI: the `Idempotency-Key` header, else the body's hash); the first delivery of a key
-emits one event and answers 202 with its id, repeats answer 202 `duplicate` and emit nothing. Keys
+emits one event and answers 202 with its id, repeats answer 202 `duplicate` and emit nothing, and an
+`Idempotency-Key` sent again with a different body answers 422 (the key names another request). Keys
 are claimed with one `INSERT OR IGNORE` in SQLite, so concurrent floods and restarts both keep it
 to one event. The event id is derived from the key (`lakeloop.events`), the same id the ingest-data
 flow gives its own announcement of the merge, so Prefect's triggers act on one of the two.
@@ -54,15 +55,24 @@ class Deliveries:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS deliveries (key TEXT PRIMARY KEY, event_id TEXT, at TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS deliveries (key TEXT PRIMARY KEY, event_id TEXT, at TEXT, "
+                         "fingerprint TEXT)")
+        if "fingerprint" not in {row[1] for row in self._db.execute("PRAGMA table_info(deliveries)")}:
+            self._db.execute("ALTER TABLE deliveries ADD COLUMN fingerprint TEXT")  # a receiver's older file
         self._lock = threading.Lock()
 
-    def claim(self, key: str, event_id: str) -> bool:
-        """True for the first delivery of `key`, False for every repeat."""
+    def claim(self, key: str, event_id: str, fingerprint: str | None = None) -> bool | None:
+        """True for the first delivery of `key`, False for a repeat; None for a key already used by a request
+        with another `fingerprint` (a client's Idempotency-Key reused for a different request)."""
         with self._lock:
-            cursor = self._db.execute("INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?)",
-                                      (key, event_id, dt.datetime.now(dt.UTC).isoformat()))
-            return cursor.rowcount == 1
+            cursor = self._db.execute("INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?, ?)",
+                                      (key, event_id, dt.datetime.now(dt.UTC).isoformat(), fingerprint))
+            if cursor.rowcount == 1:
+                return True
+            if fingerprint is None:
+                return False
+            (first,) = self._db.execute("SELECT fingerprint FROM deliveries WHERE key = ?", (key,)).fetchone()
+            return False if first in (None, fingerprint) else None
 
     def release(self, key: str) -> None:
         """Forget a key whose event could not be sent, so the sender's retry can succeed."""
@@ -128,12 +138,18 @@ def create_app(token: Callable[[], str], events: PrefectEvents, deliveries: Deli
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             return JSONResponse({"error": f"malformed JSON body: {exc}"}, 400)
+        except RecursionError:  # deeper than the parser recurses; a delivery is a flat object
+            return JSONResponse({"error": "malformed JSON body: nested too deeply"}, 400)
         if not isinstance(data, dict):
             return JSONResponse({"error": "the body must be a JSON object"}, 400)
         return data
 
-    async def deliver(key: str, event: dict) -> JSONResponse:
-        if not await run_in_threadpool(deliveries.claim, key, event["id"]):
+    async def deliver(key: str, event: dict, fingerprint: str | None = None) -> JSONResponse:
+        claimed = await run_in_threadpool(deliveries.claim, key, event["id"], fingerprint)
+        if claimed is None:
+            return JSONResponse({"error": "this Idempotency-Key was used for a different request: send a new key "
+                                          "for a new request (a retry must repeat the same body)"}, 422)
+        if not claimed:
             return JSONResponse({"status": "duplicate", "event_id": event["id"], "event": event["event"]}, 202)
         try:
             await run_in_threadpool(events.emit, event)
@@ -187,10 +203,12 @@ def create_app(token: Callable[[], str], events: PrefectEvents, deliveries: Deli
         ref = data.get("ref")
         if ref is not None and not isinstance(ref, str):
             return JSONResponse({"error": "'ref' must be a string (a branch, tag or commit id)"}, 400)
-        key = "retrain:" + (request.headers.get("idempotency-key") or hashlib.sha256(body).hexdigest())
+        digest = hashlib.sha256(body).hexdigest()
+        given = request.headers.get("idempotency-key")
+        key = "retrain:" + (given or digest)
         event = _event(RETRAIN_REQUESTED, key, project_resource(project),
                        {"reason": reason.strip(), "ref": ref, "requested_by": str(data.get("requested_by", ""))})
-        return await deliver(key, event)
+        return await deliver(key, event, digest if given else None)
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
+import uuid
 
+import httpx
 import lakefs
 import pytest
 from lakefs.exceptions import (
+    BadRequestException,
     ConflictException,
     NotAuthorizedException,
     NotFoundException,
@@ -168,6 +172,25 @@ def test_server_config_and_bad_credentials(lakefs_server, repo):
                           password="not-the-secret")
     with pytest.raises(NotAuthorizedException):
         lakefs.Repository(repo.id, client=wrong).branch("main").get_commit()
+    # credentials lakeFS never issued, in any encoding: 401, not a server error
+    for auth in [("é", "é"), (lakefs_server.access_key_id, "sécret-ü"), ("", "")]:
+        answer = httpx.get(f"{lakefs_server.endpoint}/api/v1/repositories", auth=auth)
+        assert answer.status_code == 401, (auth, answer.status_code, answer.text)
+    for header in ["Basic !!!not-base64", "Basic " + base64.b64encode(b"\xff\xfe:\x00").decode(), "Bearer x"]:
+        answer = httpx.get(f"{lakefs_server.endpoint}/api/v1/repositories", headers={"Authorization": header})
+        assert answer.status_code == 401, (header, answer.status_code, answer.text)
+
+
+@pytest.mark.parametrize("namespace", ["local://../../etc", "local://a/../../b", "local://a/./b", "local://a//b",
+                                       "local:///etc", "local://a\\b", "local://a/b\n"])
+def test_a_storage_namespace_outside_the_blockstore_is_refused(lakefs_server, namespace):
+    if not lakefs_server.embedded:
+        pytest.skip("how a real lakeFS checks namespaces depends on its blockstore configuration")
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    with pytest.raises(BadRequestException, match="invalid storage namespace"):
+        lakefs.Repository(name, client=lakefs_server.client()).create(storage_namespace=namespace)
+    with pytest.raises(NotFoundException):
+        lakefs.Repository(name, client=lakefs_server.client()).branch("main").get_commit()
 
 
 def test_transaction_through_sdk(repo):

@@ -67,6 +67,8 @@ def test_auth_and_bad_bodies(hooks):
                       headers={"Authorization": "Bearer nope"}).status_code == 401
     bad = httpx.post(f"{url}/hooks/lakefs?project=p", content=b"{not json", headers=auth)
     assert bad.status_code == 400 and "malformed JSON" in bad.json()["error"]
+    deep = httpx.post(f"{url}/hooks/retrain", content=b"[" * 100_000 + b"]" * 100_000, headers=auth)
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]
     partial = httpx.post(f"{url}/hooks/lakefs?project=p", json={"event_type": "post-merge"}, headers=auth)
     assert partial.status_code == 400 and "missing repository_id, branch_id, commit_id" in partial.json()["error"]
     anonymous = httpx.post(f"{url}/hooks/lakefs", json=body, headers=auth)  # an action that names no project
@@ -113,10 +115,14 @@ def test_ci_retrain_request_is_idempotent_by_key(hooks):
     reason = f"nightly {secrets.token_hex(4)}"
     body = {"project": "churn", "reason": reason, "requested_by": "gitlab"}
     first = httpx.post(f"{url}/hooks/retrain", json=body, headers={**auth, "Idempotency-Key": reason})
-    again = httpx.post(f"{url}/hooks/retrain", json={**body, "retry": 2}, headers={**auth, "Idempotency-Key": reason})
+    again = httpx.post(f"{url}/hooks/retrain", json=body, headers={**auth, "Idempotency-Key": reason})
     assert first.status_code == again.status_code == 202
     assert first.json()["status"] == "accepted" and again.json()["status"] == "duplicate"
     assert first.json()["event_id"] == again.json()["event_id"]
+    # the same key for a different request is the client's mistake, not a retry: 422, and nothing is emitted
+    other = httpx.post(f"{url}/hooks/retrain", json={**body, "reason": "something else"},
+                       headers={**auth, "Idempotency-Key": reason})
+    assert other.status_code == 422 and "used for a different request" in other.json()["error"]
     found = [e for e in prefect_events("lakeloop.retrain.requested", "lakeloop.project.churn", settle=2)
              if e["payload"]["reason"] == reason]
     assert len(found) == 1 and found[0]["payload"]["requested_by"] == "gitlab"

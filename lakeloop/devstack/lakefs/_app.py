@@ -132,10 +132,11 @@ class LakeFSApp:
         if not header.lower().startswith("basic "):
             return False
         try:
-            key_id, _, secret = base64.b64decode(header[6:]).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
+            key_id, _, secret = base64.b64decode(header[6:], validate=True).partition(b":")
+        except ValueError:
             return False
-        return hmac.compare_digest(key_id, self._key_id) & hmac.compare_digest(secret, self._secret)
+        # bytes, not str: compare_digest refuses non-ASCII text (a TypeError, which was a 500)
+        return hmac.compare_digest(key_id, self._key_id.encode()) & hmac.compare_digest(secret, self._secret.encode())
 
     def _guard(self, endpoint: Callable) -> Callable:
         async def guarded(request: Request) -> Response:
@@ -149,6 +150,8 @@ class LakeFSApp:
                 return _error(412, f"precondition failed: {exc}")
             except json.JSONDecodeError:
                 return _error(400, "request body is not valid JSON")
+            except RecursionError:  # JSON nested deeper than the parser recurses: no lakeFS request is
+                return _error(400, "request body is nested too deeply")
             except ClientDisconnect:
                 return _error(400, "client disconnected before the request body was complete")
             except Exception:  # an answer in lakeFS's error shape, and the traceback in the log

@@ -29,7 +29,10 @@ from pathlib import Path
 REPO_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
 BRANCH_ID_RE = re.compile(r"^\w[-\w]*$")
 TAG_ID_RE = re.compile(r"^\w[-\w./]*$")
-NAMESPACE_RE = re.compile(r"^(s3|gs|https?|mem|local|transient)://.*$")
+# a blockstore URI: scheme, then path segments of URL-safe characters; no `.` or `..` segment (a namespace
+# such as local://../../etc must not name a place outside the blockstore), no empty segment
+NAMESPACE_RE = re.compile(r"^(s3|gs|https?|mem|local|transient)://(?!\.{1,2}(/|$))[A-Za-z0-9_~:@=+-][\w.~:@=+-]*"
+                          r"(/(?!\.{1,2}(/|$))[\w.~:@=+-]+)*/?\Z", re.ASCII)
 REF_MODIFIER_RE = re.compile(r"([~^])(\d*)")
 COMMIT_ID_RE = re.compile(r"^[0-9a-f]{6,64}$")
 ACTIONS_PREFIX = "_lakefs_actions/"
@@ -192,7 +195,7 @@ class Store:
             raise BadRequest(f"invalid repository name {name!r}: expected ^[a-z0-9][a-z0-9-]{{2,62}}$")
         if not NAMESPACE_RE.match(storage_namespace or ""):
             raise BadRequest(f"invalid storage namespace {storage_namespace!r}: expected a URI such as "
-                             "local://bucket/path")
+                             "local://bucket/path (URL-safe characters; no empty, '.' or '..' path segments)")
         if not BRANCH_ID_RE.match(default_branch or ""):
             raise BadRequest(f"invalid default branch name {default_branch!r}")
         now = int(time.time())
