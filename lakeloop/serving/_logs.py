@@ -348,7 +348,7 @@ class InferenceLogger:
     still shed 12% of the rows.
 
     The writer runs under SCHED_IDLE (`idle_policy`): on a CPU with room it does its work between
-    requests and never delays one. On a saturated CPU it would never run, so it is given a normal share
+    requests and never keeps one from the CPU. On a saturated CPU it would never run, so it gets a normal share
     at nice `WRITER_NICE` (`hurry`) when it has not finished a round for `STARVED_S` or the rows
     waiting pass a quarter of `max_pending` — checked by the request path and by the model watcher
     (`hurry_if_starved`), since a starved thread cannot check for itself — and goes back to the idle
