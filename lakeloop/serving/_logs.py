@@ -403,7 +403,7 @@ class InferenceLogger:
             at = time.time()
             columns.append(at, rows, inputs, outputs)
             self._open_rows += rows
-            if self.idle and (at > self._due_by or self._open_rows > self.max_pending // 4):
+            if self._starved(at) or (self.idle and self._open_rows > self.max_pending // 4):
                 self.hurry()
 
     def hurry(self) -> None:
@@ -415,8 +415,12 @@ class InferenceLogger:
     def hurry_if_starved(self) -> None:
         """For another thread of normal policy (the model watcher): `hurry` a writer that has not finished a
         round for `STARVED_S`, which happens only while no request comes (requests check it themselves)."""
-        if self.idle and time.time() > self._due_by:
+        if self._starved(time.time()):
             self.hurry()
+
+    def _starved(self, now: float) -> bool:
+        """Whether the writer, under the idle policy, has not finished a round for `STARVED_S`."""
+        return self.idle and now > self._due_by
 
     def _convert(self) -> None:
         with self._swap:

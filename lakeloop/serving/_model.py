@@ -93,8 +93,7 @@ class LoadedModel:
         server never does (graph capture, OrtValues it does not own, other execution providers to fall back
         to; the feeds always name every graph input): 1.4 of ~14 µs a single fraud row. The wrapper where
         a release of ONNX Runtime has no such attribute."""
-        compiled = getattr(self.session, "_sess", None)
-        return compiled.run if compiled is not None and callable(getattr(compiled, "run", None)) else self.session.run
+        return getattr(getattr(self.session, "_sess", None), "run", None) or self.session.run
 
     @functools.cached_property
     def _packed(self) -> tuple[tuple[str, tuple[str, ...]], ...] | None:

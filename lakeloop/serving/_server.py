@@ -117,7 +117,7 @@ class ModelServer:
         self._required = tuple(models)
         self._api_keys_source = api_keys
         self.api_keys: frozenset[str] = frozenset()
-        self._encoded_keys: tuple[frozenset[str], tuple[bytes, ...]] = (frozenset(), ())
+        self._key_bytes: tuple[bytes, ...] = ()  # the same, encoded once per rotation for `authorized`
         self._adding = threading.Lock()
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
@@ -268,6 +268,7 @@ class ModelServer:
         """Re-read the API keys (they may be rotated in Vault while the server runs)."""
         if self._api_keys_source is not None:
             self.api_keys = self._api_keys_source()
+            self._key_bytes = tuple(key.encode() for key in self.api_keys)
 
     @property
     def open(self) -> bool:
@@ -279,12 +280,7 @@ class ModelServer:
         if not header or not header.startswith("Bearer "):
             return False
         presented = header[7:].strip().encode()
-        keys, encoded = self._encoded_keys
-        if keys is not self.api_keys:  # rotated (or the first request): encode them once, not per request
-            keys = self.api_keys
-            encoded = tuple(key.encode() for key in keys)
-            self._encoded_keys = (keys, encoded)
         found = False
-        for key in encoded:  # every key compared, in constant time: how many match reveals nothing either
+        for key in self._key_bytes:  # every key compared, in constant time: how many match reveals nothing either
             found |= hmac.compare_digest(presented, key)
         return found

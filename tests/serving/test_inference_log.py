@@ -150,8 +150,9 @@ print(json.dumps(seen))
 """
 
 
-@pytest.mark.skipif(not _idle_is_reversible(), reason="needs SCHED_IDLE and leave to undo it (Linux, CAP_SYS_NICE or "
-                    "RLIMIT_NICE); without them the writer keeps nice 10")
+@pytest.mark.skipif(not _idle_is_reversible(),
+                    reason="the idle policy is used only where the process may leave SCHED_IDLE again (Linux with "
+                    "CAP_SYS_NICE or RLIMIT_NICE >= 10); elsewhere the writer keeps nice 10: no policy to switch")
 def test_the_writer_yields_a_free_cpu_and_is_given_a_share_of_a_busy_one(tmp_path):
     """Calm, the writer runs under SCHED_IDLE (never ahead of a request); on a CPU that a process of normal
     priority keeps busy it would never run, so the request path gives it a normal share, it writes, and it

@@ -93,8 +93,8 @@ class LakeFSApp:
         if not access_key_id or not secret_access_key:
             raise ValueError("the embedded lakeFS server needs an access key id and a secret access key")
         self.store = Store(Path(data_dir))
-        self._key_id = access_key_id
-        self._secret = secret_access_key
+        self._key_id = access_key_id.encode()  # bytes: compare_digest refuses non-ASCII text
+        self._secret = secret_access_key.encode()
         self.committer = committer
         r = f"{API}/repositories/{{repository}}"
         routes = [
@@ -135,8 +135,7 @@ class LakeFSApp:
             key_id, _, secret = base64.b64decode(header[6:], validate=True).partition(b":")
         except ValueError:
             return False
-        # bytes, not str: compare_digest refuses non-ASCII text (a TypeError, which was a 500)
-        return hmac.compare_digest(key_id, self._key_id.encode()) & hmac.compare_digest(secret, self._secret.encode())
+        return hmac.compare_digest(key_id, self._key_id) & hmac.compare_digest(secret, self._secret)
 
     def _guard(self, endpoint: Callable) -> Callable:
         async def guarded(request: Request) -> Response:
